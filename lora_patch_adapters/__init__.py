@@ -1,0 +1,52 @@
+"""lora-patch-adapters: gated low-rank patches for face-editing generators, as a PEFT method.
+
+Importing the package registers ``PeftType.LORA_PATCH`` with peft, so that ``peft.get_peft_model``,
+``peft.PeftConfig.from_pretrained`` and ``peft.PeftModel.from_pretrained`` handle lora-patch adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import peft
+from torch import nn
+
+from .tuner import (
+    GATE_TYPES,
+    PRESETS,
+    GatedLoraLayer,
+    LoraPatchConfig,
+    LoraPatchModel,
+    discover_target_modules,
+    register,
+)
+from .version import __version__
+
+
+def get_peft_model(
+    model: nn.Module, config: Optional[LoraPatchConfig] = None, adapter_name: str = "default", **kwargs
+) -> peft.PeftModel:
+    """Wrap ``model`` with a gated LoRA patch; ``config`` defaults to ``LoraPatchConfig()`` (rank 8, basic gate,
+    zero-initialised B, every Conv2d/ConvTranspose2d). Returns a ``peft.PeftModel``; extra keyword arguments go to
+    ``peft.get_peft_model``."""
+    if config is None:
+        config = LoraPatchConfig()
+    if not isinstance(config, LoraPatchConfig):
+        raise TypeError(
+            f"lora_patch_adapters.get_peft_model expects a LoraPatchConfig, got {type(config).__name__}; "
+            "use peft.get_peft_model for other PEFT methods."
+        )
+    return peft.get_peft_model(model, config, adapter_name=adapter_name, **kwargs)
+
+
+__all__ = [
+    "GATE_TYPES",
+    "PRESETS",
+    "GatedLoraLayer",
+    "LoraPatchConfig",
+    "LoraPatchModel",
+    "__version__",
+    "discover_target_modules",
+    "get_peft_model",
+    "register",
+]

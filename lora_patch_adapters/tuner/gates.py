@@ -1,0 +1,113 @@
+"""Gates that scale a patch's update: ``y = base(x) + gate(u) * u`` with ``u = scale * B(A x)``.
+
+Each gate is a small ``nn.Module`` (stored per adapter in a ``ModuleDict``). Input-independent gates (``none``,
+``basic``) also expose :meth:`Gate.factor`, which is what lets a patch be fused into, or merged with, the base weight.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Gate(nn.Module):
+    """Base class. ``forward(update)`` returns a factor broadcastable to ``update``."""
+
+    input_independent: bool = False
+
+    def constant_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors an input-independent gate's value depends on (for cache keys)."""
+        return ()
+
+    def factor(self) -> Union[float, torch.Tensor]:
+        """The input-independent gate value (a float or a 0-dim tensor)."""
+        raise TypeError(
+            f"{type(self).__name__} depends on the layer's input, so it has no constant value and its patch cannot "
+            "be merged into the base weights; use gate='basic' or 'none' for mergeable patches."
+        )
+
+
+class NoGate(Gate):
+    """``gate='none'``: the update is added unscaled (factor 1)."""
+
+    input_independent = True
+
+    def factor(self) -> float:
+        return 1.0
+
+    def forward(self, update: torch.Tensor) -> float:
+        return 1.0
+
+
+class BasicGate(Gate):
+    """``gate='basic'``: one learnable scalar per layer, ``sigmoid(logit)``; ``logit`` starts at ``gate_init``."""
+
+    input_independent = True
+
+    def __init__(self, gate_init: float) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def constant_tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.logit,)
+
+    def factor(self) -> torch.Tensor:
+        return torch.sigmoid(self.logit)
+
+    def forward(self, update: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit).to(update.dtype)
+
+
+class InputAdaptiveGate(Gate):
+    """``gate='input_adaptive'``: ``sigmoid(weight * mean(u) + bias)``, one scalar per sample (conv: mean over C, H,
+    W) or per row (Linear: mean over features): a learnable 1->1 affine, ``weight`` starting at 0 and ``bias`` at
+    ``gate_init``. Parameters sit directly on the gate so that saved keys read ``lora_patch_gate.weight`` / ``.bias``.
+    """
+
+    def __init__(self, gate_init: float, reduce_dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.reduce_dims = reduce_dims
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.tensor(float(gate_init)))
+
+    def forward(self, update: torch.Tensor) -> torch.Tensor:
+        mean = update.mean(dim=self.reduce_dims, keepdim=True)
+        return torch.sigmoid(mean * self.weight.to(update.dtype) + self.bias.to(update.dtype))
+
+
+class ChannelGate(Gate):
+    """``gate='input_adaptive_channel'``: one gate per output channel.
+
+    Conv layers: ``sigmoid(W @ mean_hw(u) + b)`` (a learnable 1x1 conv on the pooled update), shape [N, C, 1, 1].
+    Linear layers: ``sigmoid(W @ u + b)`` per row, one gate per feature. ``W`` [C, C] starts at zero and ``b`` [C]
+    at ``gate_init``.
+    """
+
+    def __init__(self, gate_init: float, channels: int, spatial: bool) -> None:
+        super().__init__()
+        self.spatial = spatial
+        self.weight = nn.Parameter(torch.zeros(channels, channels))
+        self.bias = nn.Parameter(torch.full((channels,), float(gate_init)))
+
+    def forward(self, update: torch.Tensor) -> torch.Tensor:
+        if self.spatial:
+            pooled = update.mean(dim=(2, 3))  # [N, C]
+            return torch.sigmoid(F.linear(pooled, self.weight, self.bias))[:, :, None, None].to(update.dtype)
+        return torch.sigmoid(F.linear(update, self.weight, self.bias)).to(update.dtype)
+
+
+def make_gate(kind: str, gate_init: float, channels: int, spatial: bool) -> Gate:
+    """Build the gate named ``kind`` for a layer with ``channels`` output channels (``spatial``: conv layer)."""
+    if kind == "none":
+        return NoGate()
+    if kind == "basic":
+        return BasicGate(gate_init)
+    if kind == "input_adaptive":
+        return InputAdaptiveGate(gate_init, reduce_dims=(1, 2, 3) if spatial else (-1,))
+    if kind == "input_adaptive_channel":
+        return ChannelGate(gate_init, channels, spatial)
+    raise ValueError(f"Unknown gate {kind!r}; choose one of 'none', 'basic', 'input_adaptive', 'input_adaptive_channel'.")
+
