@@ -45,6 +45,7 @@ def build_variants(args: argparse.Namespace, device: torch.device) -> dict[str, 
     """name -> model; every patched variant shares the same base weights and the same patch values."""
     torch.manual_seed(0)
     base = StarGANGenerator(conv_dim=args.conv_dim, c_dim=5, repeat_num=args.repeat_num).to(device).train()
+    base.requires_grad_(False)  # frozen, as under a patch: with --grad only the patch parameters need gradients
     variants: dict[str, torch.nn.Module] = {"base": base}
     for gate in args.gates:
         for mode in ("fused", "two_branch"):
