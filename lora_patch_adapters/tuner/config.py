@@ -16,6 +16,17 @@ GATE_TYPES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
 MERGEABLE_GATES = ("none", "basic")
 """Gates whose value does not depend on the input, so that the patch folds into the base weight."""
 
+
+
+def unmergeable_gate_error(adapter_name: str, gate: str) -> ValueError:
+    """The error for merging an adapter whose gate depends on the input."""
+    return ValueError(
+        f"Adapter {adapter_name!r} uses gate={gate!r}, whose value depends on the input, so it cannot be merged "
+        "into the base weights. Keep it unmerged, or train a patch with gate='basic' or gate='none' if you need "
+        "merged inference."
+    )
+
+
 SCALING_RULES = ("sqrt_rank", "rank")
 INIT_SCHEMES = ("zero", "kaiming")
 FORWARD_MODES = ("fused", "two_branch")

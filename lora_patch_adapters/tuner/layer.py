@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from .config import LoraPatchConfig
+from .config import LoraPatchConfig, unmergeable_gate_error
 from .gates import Gate, make_gate
 
 
@@ -187,11 +187,7 @@ class GatedLoraLayer(BaseTunerLayer):
         """Raise a clear error if one of ``adapter_names`` has an input-dependent gate."""
         for name in adapter_names:
             if name in self.gate_type and not self.lora_patch_gate[name].input_independent:
-                raise ValueError(
-                    f"Adapter {name!r} uses gate={self.gate_type[name]!r}, whose value depends on the input, so it "
-                    "cannot be merged into the base weights. Keep it unmerged, or train a patch with gate='basic' "
-                    "or gate='none' if you need merged inference."
-                )
+                raise unmergeable_gate_error(name, self.gate_type[name])
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Add ``gate * scale * dW`` of the (active) adapters to the base weight, in place."""

@@ -9,7 +9,7 @@ from typing import Optional, Union
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .config import LoraPatchConfig
+from .config import LoraPatchConfig, unmergeable_gate_error
 from .layer import GatedLoraLayer, create_gated_layer
 from .registry import PREFIX
 
@@ -118,11 +118,7 @@ class LoraPatchModel(BaseTuner):
             if config is None:
                 raise ValueError(f"No adapter named {name!r}; known adapters: {sorted(self.peft_config)}.")
             if not config.is_mergeable:
-                raise ValueError(
-                    f"Adapter {name!r} uses gate={config.gate!r}, whose value depends on the input, so it cannot be "
-                    "merged into the base weights. Keep it unmerged, or train a patch with gate='basic' or "
-                    "gate='none' if you need merged inference."
-                )
+                raise unmergeable_gate_error(name, config.gate)
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         self._check_mergeable(adapter_names)
