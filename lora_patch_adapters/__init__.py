@@ -20,6 +20,8 @@ from .tuner import (
     discover_target_modules,
     register,
 )
+from .data import testbed_faces
+from .generators import Editor, load_editor, wrap
 from .version import __version__
 
 
@@ -40,6 +42,7 @@ def get_peft_model(
 
 
 __all__ = [
+    "Editor",
     "GATE_TYPES",
     "PRESETS",
     "GatedLoraLayer",
@@ -48,5 +51,8 @@ __all__ = [
     "__version__",
     "discover_target_modules",
     "get_peft_model",
+    "load_editor",
     "register",
+    "testbed_faces",
+    "wrap",
 ]

@@ -11,8 +11,14 @@ would use the stored running statistics instead and the results differ.
 
 from __future__ import annotations
 
+import warnings
+from typing import Optional, Sequence, Union
+
 import torch
 from torch import nn
+
+from .base import Editor, check_labels
+from .checkpoints import PathLike, load_into, pick_state_dict, read_checkpoint, register_layout
 
 
 def _norm(channels: int) -> nn.InstanceNorm2d:
@@ -65,3 +71,72 @@ class StarGANGenerator(nn.Module):
             )
         c_map = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         return self.main(torch.cat([x, c_map], dim=1))
+
+
+STARGAN_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
+HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+
+
+def stargan_conditions(labels: torch.Tensor, attribute_names: Sequence[str] = STARGAN_ATTRIBUTES) -> list[torch.Tensor]:
+    """Target labels the way StarGAN's official test builds them: one per attribute; a hair colour is set one-hot
+    among the hair colours present, any other attribute is flipped. ``labels`` [N, A] 0/1 -> A tensors [N, A]."""
+    labels = check_labels(labels, attribute_names)
+    hair = [i for i, name in enumerate(attribute_names) if name in HAIR_COLOURS]
+    targets = []
+    for i, name in enumerate(attribute_names):
+        target = labels.clone()
+        if i in hair:
+            target[:, hair] = 0
+            target[:, i] = 1
+        else:
+            target[:, i] = 1 - target[:, i]
+        targets.append(target)
+    return targets
+
+
+class StarGANEditor(Editor):
+    """StarGAN as an :class:`~lora_patch_adapters.generators.base.Editor`: condition = target labels [N, c_dim].
+
+    Runs the generator in **train mode** by default, like the official test script (instance norm with per-image
+    statistics; the stored running statistics are ignored). Set ``editor.generator_mode = "eval"`` to use them.
+    """
+
+    name = "stargan"
+    attribute_names = STARGAN_ATTRIBUTES
+    generator_mode = "train"
+
+    def __init__(self, generator: nn.Module, attribute_names: Optional[Sequence[str]] = None, name: str = "") -> None:
+        super().__init__(generator)
+        if attribute_names is not None:
+            self.attribute_names = tuple(attribute_names)
+        if name:
+            self.name = name
+
+    def _run(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        condition = torch.as_tensor(condition, dtype=x.dtype, device=x.device)
+        if condition.dim() != 2 or condition.shape != (x.shape[0], len(self.attribute_names)):
+            raise ValueError(
+                f"{self.name} condition must be target labels [N={x.shape[0]}, {len(self.attribute_names)}] over "
+                f"{list(self.attribute_names)}, got {tuple(condition.shape)}."
+            )
+        return self.generator(x, condition)
+
+    def conditions(self, labels: torch.Tensor) -> list[torch.Tensor]:
+        return stargan_conditions(labels, self.attribute_names)
+
+
+def build_editor(checkpoint: Optional[PathLike] = None, device: Union[str, torch.device, None] = None) -> StarGANEditor:
+    """The official CelebA StarGAN (conv_dim 64, c_dim 5, 6 blocks) as an editor; ``checkpoint`` is an official
+    ``200000-G.ckpt`` (a plain state dict; read with weights_only=True). Without a checkpoint the weights are random."""
+    generator = StarGANGenerator()
+    if checkpoint is None:
+        warnings.warn("load_editor('stargan') without a checkpoint: the generator has random weights.", stacklevel=3)
+    else:
+        state = pick_state_dict(read_checkpoint(checkpoint, map_location=device or "cpu"), None, "StarGAN", checkpoint)
+        load_into(generator, state, "StarGAN (conv_dim 64, c_dim 5, repeat_num 6)", checkpoint)
+    if device is not None:
+        generator.to(device)
+    return StarGANEditor(generator)
+
+
+register_layout("stargan", StarGANGenerator)

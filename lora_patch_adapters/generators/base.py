@@ -1,0 +1,106 @@
+"""The ``Editor`` protocol: what trainers, defenses and metrics see of a face-editing generator.
+
+An editor owns a generator (``editor.generator``, the ``nn.Module`` patches attach to) and its condition format.
+Everything else in the package only calls ``editor.edit(x, condition)`` and ``editor.conditions(labels)``.
+
+Images are float tensors NCHW in [-1, 1]. Patching the generator with ``get_peft_model(editor.generator, config)``
+injects the patch in place, so ``editor.edit`` runs the patched network from then on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Literal, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+GeneratorMode = Literal["train", "eval"]
+
+
+class Editor(ABC):
+    """A face editor: a generator plus the way it is conditioned.
+
+    Attributes:
+        name: short identifier (``"stargan"``, ``"attgan"``, ``"hisd"``, ``"testbed"``, or a user's name).
+        generator: the ``nn.Module`` that patches attach to.
+        attribute_names: the attributes ``labels`` columns refer to, in order.
+        generator_mode: ``"train"`` or ``"eval"``; :meth:`edit` puts the generator in this mode before running it
+            (official StarGAN inference is train-mode instance norm, so its editor uses ``"train"``).
+    """
+
+    name: str = "editor"
+    attribute_names: tuple[str, ...] = ()
+    generator_mode: GeneratorMode = "eval"
+
+    def __init__(self, generator: nn.Module) -> None:
+        self.generator = generator
+
+    # ------------------------------------------------------------------------------------------------ to implement
+    @abstractmethod
+    def _run(self, x: torch.Tensor, condition: Any) -> torch.Tensor:
+        """Run the generator on ``x`` [N, 3, H, W] for ``condition``; the mode is already set."""
+
+    @abstractmethod
+    def conditions(self, labels: torch.Tensor) -> list[Any]:
+        """Target conditions for images with source attribute ``labels`` [N, A] (0/1), built the way the official
+        test script does; one entry per edit."""
+
+    # ---------------------------------------------------------------------------------------------------- provided
+    def edit(self, x: torch.Tensor, condition: Any) -> torch.Tensor:
+        """Edited images [N, 3, H, W] for images ``x`` [N, 3, H, W] in [-1, 1] under ``condition``."""
+        check_images(x)
+        set_mode(self.generator, self.generator_mode)
+        return self._run(x, condition)
+
+    __call__ = edit
+
+    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "Editor":
+        """Move the generator (in place) and return the editor."""
+        self.generator.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.generator.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, attributes={list(self.attribute_names)}, "
+            f"generator_mode={self.generator_mode!r}, generator={type(self.generator).__name__})"
+        )
+
+
+def set_mode(module: nn.Module, mode: GeneratorMode) -> None:
+    """Put ``module`` in train or eval mode, touching it only if its mode differs."""
+    want_train = mode == "train"
+    if module.training != want_train or any(m.training != want_train for m in module.modules()):
+        module.train(want_train)
+
+
+def check_images(x: Any) -> None:
+    """Raise a clear error unless ``x`` is a float tensor [N, 3, H, W]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Images must be a torch.Tensor [N, 3, H, W] in [-1, 1], got {type(x).__name__}.")
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"Images must be shaped [N, 3, H, W] (RGB, channels first), got {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) or move channels with x.permute(0, 3, 1, 2)."
+        )
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"Images must be floating point in [-1, 1], got {x.dtype}; use x.float() / 127.5 - 1.")
+
+
+def check_labels(labels: Any, attribute_names: Sequence[str]) -> torch.Tensor:
+    """``labels`` as a float tensor [N, len(attribute_names)] of 0/1, or a clear error."""
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 2 or labels.shape[1] != len(attribute_names):
+        raise ValueError(
+            f"Labels must be shaped [N, {len(attribute_names)}] over {list(attribute_names)}, got {tuple(labels.shape)}."
+        )
+    labels = labels.float()
+    if not torch.all((labels == 0) | (labels == 1)):
+        raise ValueError("Labels must be 0/1 attribute flags (CelebA's -1 means 0: use (labels > 0).float()).")
+    return labels

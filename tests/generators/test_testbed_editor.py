@@ -1,0 +1,75 @@
+"""The shipped testbed editor and the script that trains it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+import lora_patch_adapters as lpa
+from lora_patch_adapters.data import TESTBED_ATTRIBUTES, testbed_edits, testbed_faces
+from lora_patch_adapters.generators import StarGANEditor, load_editor, stargan_conditions
+from lora_patch_adapters.generators.testbed import build_editor, testbed_record
+from lora_patch_adapters.generators.testbed_training import save_editor, train
+
+
+def _psnr(a, b):
+    mse = F.mse_loss((a.clamp(-1, 1) + 1) / 2, (b + 1) / 2).item()
+    return 10 * math.log10(1 / mse)
+
+
+def test_shipped_editor_loads_in_one_call_with_its_record():
+    editor = load_editor("testbed")
+    assert isinstance(editor, StarGANEditor) and editor.name == "testbed"
+    assert editor.attribute_names == TESTBED_ATTRIBUTES and editor.generator_mode == "train"
+    record = testbed_record()
+    assert record["command"].startswith("python -m lora_patch_adapters.generators.testbed_training")
+    assert isinstance(record["seed"], int) and record["held_out"]["psnr_edits"] >= 25
+    assert sum(p.numel() for p in editor.generator.parameters()) < 2_000_000  # a few MB at most
+
+
+def test_shipped_editor_edits_held_out_faces_well():
+    editor = load_editor("testbed")
+    images, labels = testbed_faces(40, seed=7, split="test")
+    targets = editor.conditions(labels)
+    truths = testbed_edits(40, targets, seed=7, split="test")
+    edited, wanted, inputs = [], [], []
+    with torch.no_grad():
+        for target, truth in zip(targets, truths):
+            changed = (target != labels).any(1)
+            edited.append(editor.edit(images[changed], target[changed]))
+            wanted.append(truth[changed])
+            inputs.append(images[changed])
+    edit_psnr = _psnr(torch.cat(edited), torch.cat(wanted))
+    identity_psnr = _psnr(torch.cat(inputs), torch.cat(wanted))
+    assert edit_psnr >= 25.0
+    assert edit_psnr >= identity_psnr + 3.0  # an editor, not a copier
+
+
+def test_testbed_conditions_and_patch():
+    editor = load_editor("testbed")
+    images, labels = testbed_faces(3, seed=1)
+    targets = editor.conditions(labels)
+    assert [t.tolist() for t in targets] == [t.tolist() for t in stargan_conditions(labels, TESTBED_ATTRIBUTES)]
+    with torch.no_grad():
+        before = editor.edit(images, targets[0])
+        lpa.get_peft_model(editor.generator, lpa.LoraPatchConfig())
+        assert torch.equal(editor.edit(images, targets[0]), before)
+
+
+def test_training_script_is_deterministic_and_round_trips(tmp_path):
+    arch = {"conv_dim": 4, "repeat_num": 1}
+    first, record = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0)
+    second, _ = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+    record["command"] = "test"
+    path = tmp_path / "editor.safetensors"
+    save_editor(first, record, str(path), half=False)
+    editor = build_editor(checkpoint=path)
+    assert testbed_record(path)["arch"]["conv_dim"] == 4
+    x, labels = testbed_faces(2, size=32)
+    with torch.no_grad():
+        first.train()
+        assert torch.equal(editor.edit(x, labels), first(x, labels))
