@@ -43,6 +43,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+from ..generators.stargan import STARGAN_ATTRIBUTES  # the default label columns
+
 __all__ = [
     "CELEBA_ATTRIBUTES",
     "STARGAN_ATTRIBUTES",
@@ -103,7 +105,6 @@ CELEBA_ATTRIBUTES: tuple[str, ...] = (
 )
 
 #: The five attributes StarGAN's CelebA model is conditioned on, in its order (the :class:`CelebA` default).
-STARGAN_ATTRIBUTES: tuple[str, ...] = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
 
 
 # ---------------------------------------------------------------------------------------------------- attribute file

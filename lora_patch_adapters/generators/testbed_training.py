@@ -115,6 +115,7 @@ def save_editor(generator: StarGANGenerator, record: dict, path: str, half: bool
     tmp = path + ".tmp"
     save_file(state, tmp, metadata={"lora_patch_testbed": json.dumps(record, sort_keys=True)})
     os.replace(tmp, path)
+    os.chmod(path, 0o644)  # a package data file, readable by everyone
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
