@@ -139,10 +139,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
+    precision = "bf16 autocast" if args.amp else ("fp32" if args.no_tf32 or device.type != "cuda" else "fp32/TF32")
     print(
         f"{result['device']} ({device.type}, torch {torch.__version__}, {result['threads']} threads); input "
         f"{result['shape']}, conv_dim {args.conv_dim}, {args.repeat_num} blocks, rank {args.rank}, "
-        f"{'bf16 autocast' if args.amp else ('fp32' if args.no_tf32 or device.type != 'cuda' else 'fp32/TF32')}, {'autograd on' if args.grad else 'no_grad'}, median of {rounds} interleaved rounds"
+        f"{precision}, {'autograd on' if args.grad else 'no_grad'}, median of {rounds} interleaved rounds"
     )
     print(f"{'variant':40s} {'ms/forward':>12s} {'x base':>8s}")
     for name, seconds in median.items():

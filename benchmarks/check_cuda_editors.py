@@ -65,7 +65,8 @@ def main() -> int:
         )
         failures += not ok
         print(f"{name:15s} {'ok' if ok else 'FAILED'}  output {tuple(y.shape)} on {y.device}, "
-              f"patched (B = 0) max |diff| {(y - y_patched).abs().max().item():.1e}, {time.perf_counter() - start:.1f} s")
+              f"patched (B = 0) max |diff| {(y - y_patched).abs().max().item():.1e}, "
+              f"{time.perf_counter() - start:.1f} s")
     return int(failures > 0)
 
 

@@ -71,7 +71,7 @@ def main() -> None:
     with torch.no_grad():
         trained = editor.edit(x, c)
         disruption_after = F.mse_loss(editor.edit(x_attack, c), y_ref).item()
-    gates = [torch.sigmoid(p).item() for n, p in model.named_parameters() if n.endswith("lora_patch_gate.default.logit")]
+    gates = [torch.sigmoid(p).item() for n, p in model.named_parameters() if n.endswith("gate.default.logit")]
     print(f"trained {args.steps} steps in {elapsed:.1f} s; gates now {min(gates):.3f}..{max(gates):.3f}")
     print(f"MSE(G(x_attack), clean edit): base {disruption_before:.5f} -> patched {disruption_after:.5f}")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import lora_patch_adapters  # noqa: F401  (registers the PEFT method)
 from tests.helpers import MixedNet, ToyEditor

@@ -190,8 +190,8 @@ def testbed_edits(
     n: int, targets: list[torch.Tensor], seed: int = 0, size: int = 64, split: str = "test"
 ) -> list[torch.Tensor]:
     """Ground-truth edits of the faces of :func:`testbed_faces` with the same arguments: for each target label
-    tensor [n, 5] in ``targets`` (e.g. ``load_editor("testbed").conditions(labels)``), the same faces rendered with those
-    attributes, [n, 3, size, size] in [-1, 1]."""
+    tensor [n, 5] in ``targets`` (e.g. ``load_editor("testbed").conditions(labels)``), the same faces rendered
+    with those attributes, [n, 3, size, size] in [-1, 1]."""
     identity, _ = sample_faces(n, seed=seed, split=split)
     return [render_faces(identity, target, size=size) for target in targets]
 

@@ -98,7 +98,8 @@ def check_labels(labels: Any, attribute_names: Sequence[str]) -> torch.Tensor:
     labels = torch.as_tensor(labels)
     if labels.dim() != 2 or labels.shape[1] != len(attribute_names):
         raise ValueError(
-            f"Labels must be shaped [N, {len(attribute_names)}] over {list(attribute_names)}, got {tuple(labels.shape)}."
+            f"Labels must be shaped [N, {len(attribute_names)}] over {list(attribute_names)}, "
+            f"got {tuple(labels.shape)}."
         )
     labels = labels.float()
     if not torch.all((labels == 0) | (labels == 1)):

@@ -36,7 +36,9 @@ class CustomEditor(Editor):
         y = self.edit_fn(self.generator, x, condition)
         if not isinstance(y, torch.Tensor) or y.dim() != 4 or y.shape[0] != x.shape[0]:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ValueError(f"edit_fn of editor {self.name!r} must return images [N={x.shape[0]}, C, H, W], got {got}.")
+            raise ValueError(
+                f"edit_fn of editor {self.name!r} must return images [N={x.shape[0]}, C, H, W], got {got}."
+            )
         return y
 
     def conditions(self, labels: torch.Tensor) -> list:

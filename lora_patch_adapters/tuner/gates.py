@@ -109,5 +109,7 @@ def make_gate(kind: str, gate_init: float, channels: int, spatial: bool) -> Gate
         return InputAdaptiveGate(gate_init, reduce_dims=(1, 2, 3) if spatial else (-1,))
     if kind == "input_adaptive_channel":
         return ChannelGate(gate_init, channels, spatial)
-    raise ValueError(f"Unknown gate {kind!r}; choose one of 'none', 'basic', 'input_adaptive', 'input_adaptive_channel'.")
+    raise ValueError(
+        f"Unknown gate {kind!r}; choose one of 'none', 'basic', 'input_adaptive', 'input_adaptive_channel'."
+    )
 

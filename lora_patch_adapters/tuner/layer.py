@@ -202,7 +202,9 @@ class GatedLoraLayer(BaseTunerLayer):
                     continue
                 merged = self.compose_weight(base_layer.weight.data, [name])
                 if safe_merge and not torch.isfinite(merged).all():
-                    raise ValueError(f"Merging adapter {name!r} would produce non-finite weights; the adapter is broken.")
+                    raise ValueError(
+                        f"Merging adapter {name!r} would produce non-finite weights; the adapter is broken."
+                    )
                 base_layer.weight.copy_(merged)  # in place: bumps the version counter the fused cache watches
                 self.merged_adapters.append(name)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import lora_patch_adapters as lpa
+from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.data import TESTBED_ATTRIBUTES, testbed_edits, testbed_faces
 from lora_patch_adapters.generators import StarGANEditor, load_editor, stargan_conditions
 from lora_patch_adapters.generators.testbed import build_editor, testbed_record
@@ -47,6 +48,21 @@ def test_shipped_editor_edits_held_out_faces_well():
     assert edit_psnr >= identity_psnr + 3.0  # an editor, not a copier
 
 
+def test_pgd_disrupts_the_shipped_editor_like_a_gan():
+    """The default testbed must be a meaningful target: PGD at eps 0.05 disrupts >= 80% of samples."""
+    editor = load_editor("testbed")
+    editor.generator.requires_grad_(False)
+    images, labels = testbed_faces(8, seed=11, split="test")
+    disrupted = []
+    for condition in editor.conditions(labels):
+        protected = PGD(eps=0.05, steps=10, step_size=0.01, seed=0).protect(images, editor, condition)
+        with torch.no_grad():
+            mse = (editor.edit(protected, condition) - editor.edit(images, condition)).square().mean(dim=(1, 2, 3))
+        disrupted.append(mse > 0.05)
+    assert torch.cat(disrupted).float().mean() >= 0.8
+    assert testbed_record()["held_out"]["pgd_success_rate"] >= 0.8
+
+
 def test_testbed_conditions_and_patch():
     editor = load_editor("testbed")
     images, labels = testbed_faces(3, seed=1)
@@ -60,8 +76,8 @@ def test_testbed_conditions_and_patch():
 
 def test_training_script_is_deterministic_and_round_trips(tmp_path):
     arch = {"conv_dim": 4, "repeat_num": 1}
-    first, record = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0)
-    second, _ = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0)
+    first, record = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0, fragility_steps=2)
+    second, _ = train(steps=3, batch=2, size=32, seed=5, arch=arch, log_every=0, fragility_steps=2)
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(a, b), name
     record["command"] = "test"

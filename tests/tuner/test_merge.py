@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lora_patch_adapters import LoraPatchConfig, get_peft_model
-from tests.helpers import MixedNet, ToyEditor, images, labels
+from tests.helpers import MixedNet, images, labels
 
 
 class Wrap(nn.Module):

@@ -14,7 +14,8 @@ from tests.helpers import MixedNet, ToyEditor, images, labels
 
 
 def _patched_names(model):
-    return sorted(n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, GatedLoraLayer))
+    names = (n.removeprefix("base_model.model.") for n, m in model.named_modules() if isinstance(m, GatedLoraLayer))
+    return sorted(names)
 
 
 def test_both_entry_points_return_peft_model(mixed_net):

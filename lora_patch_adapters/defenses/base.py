@@ -1,0 +1,106 @@
+"""What every proactive defense shares: the ``protect`` contract, budget checks, the disruption objective.
+
+A defense turns clean images x [N, 3, H, W] in [-1, 1] into protected images within an L-inf budget ``eps`` (in the
+[-1, 1] scale; 0.05 there is 0.025 on [0, 1]) such that an editor's output on them differs from its output on the
+clean images. ``protect(x, editor, condition)`` targets one condition; given a list of conditions it returns one
+protected image meant to disrupt all of them. Defenses never modify their input tensor and are deterministic given
+their ``seed``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from ..generators.base import Editor, check_images
+
+Conditions = Union[Any, Sequence[Any]]
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """``eps`` as a float in (0, 1], or a clear error."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) <= 1:
+        raise ValueError(
+            f"{name} must be in (0, 1] on the [-1, 1] image scale (0.05 is the usual budget), got {eps!r}."
+        )
+    return float(eps)
+
+
+def check_positive_int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def check_image_range(x: torch.Tensor, what: str = "images") -> None:
+    """Images must be float [N, 3, H, W] within [-1, 1] (a small tolerance for rounding)."""
+    check_images(x)
+    low, high = x.min().item(), x.max().item()
+    if low < -1.001 or high > 1.001:
+        hint = " (they look like [0, 255]: use x / 127.5 - 1)" if high > 2 else " (use x * 2 - 1 for [0, 1] images)"
+        raise ValueError(f"{what} must lie in [-1, 1], got values in [{low:.3f}, {high:.3f}]{hint}.")
+
+
+def as_condition_list(condition: Conditions) -> list:
+    """One condition -> [condition]; a list/tuple of conditions -> list. Tensors are single conditions."""
+    if isinstance(condition, (list, tuple)):
+        if not condition:
+            raise ValueError("The list of conditions is empty.")
+        return list(condition)
+    return [condition]
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Clip ``x_adv`` into the L-inf ball of radius ``eps`` around ``x`` and into [-1, 1]."""
+    return torch.max(torch.min(x_adv, x + eps), x - eps).clamp(-1.0, 1.0)
+
+
+def disruption_loss(editor: Editor, x_adv: torch.Tensor, conditions: list, references: list) -> torch.Tensor:
+    """Mean over conditions of MSE(editor(x_adv, c), reference_c): the quantity the defenses maximise."""
+    total = x_adv.new_zeros(())
+    for condition, reference in zip(conditions, references):
+        total = total + F.mse_loss(editor.edit(x_adv, condition), reference)
+    return total / len(conditions)
+
+
+@torch.no_grad()
+def clean_edits(editor: Editor, x: torch.Tensor, conditions: list) -> list:
+    """The editor's outputs on the clean images, one per condition (the references the attack moves away from)."""
+    return [editor.edit(x, condition).detach() for condition in conditions]
+
+
+def seeded_uniform(like: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """U(-eps, eps) noise shaped like ``like``, drawn on the CPU from ``seed`` (the same on every device)."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(like.shape, generator=generator, dtype=torch.float32) * 2 - 1
+    return (noise * eps).to(device=like.device, dtype=like.dtype)
+
+
+class Defense(ABC):
+    """Base class: subclasses implement :meth:`_protect` on validated inputs."""
+
+    name: str = "defense"
+    eps: float = 0.05
+
+    def protect(self, x: torch.Tensor, editor: Editor, condition: Conditions) -> torch.Tensor:
+        """Protected images [N, 3, H, W] in [-1, 1], within ``eps`` of ``x`` (L-inf); ``x`` is not modified."""
+        check_image_range(x)
+        if not isinstance(editor, Editor):
+            raise TypeError(
+                f"protect() needs an Editor (see lora_patch_adapters.load_editor / wrap), got {type(editor).__name__}."
+            )
+        x = x.detach()
+        with torch.enable_grad():
+            x_protected = self._protect(x, editor, as_condition_list(condition))
+        return project(x_protected.detach(), x, self.eps)
+
+    @abstractmethod
+    def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:
+        """Return protected images for ``conditions`` (projected again by :meth:`protect`)."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
