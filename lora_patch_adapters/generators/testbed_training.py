@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.testbed import TESTBED_ATTRIBUTES, render_faces, sample_faces
+from ..defenses import PGD
 from ..version import __version__
 from .stargan import StarGANEditor, StarGANGenerator, stargan_conditions
 
@@ -47,8 +48,6 @@ def psnr_01(a: torch.Tensor, b: torch.Tensor) -> float:
 def pgd_disruption(generator: StarGANGenerator, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Disrupting Deepfakes' PGD (eps 0.05, 10 steps of 0.01, random start) against the editor, per condition:
     mean MSE between the edits of protected and clean images, and the fraction above 0.05."""
-    from ..defenses import PGD
-
     editor = StarGANEditor(generator, attribute_names=TESTBED_ATTRIBUTES, name="testbed")
     requires = [p.requires_grad for p in generator.parameters()]
     generator.requires_grad_(False)
