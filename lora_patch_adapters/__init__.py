@@ -11,6 +11,8 @@ from typing import Optional
 import peft
 from torch import nn
 
+from .data import testbed_faces
+from .generators import Editor, load_editor, wrap
 from .tuner import (
     GATE_TYPES,
     PRESETS,
@@ -20,13 +22,11 @@ from .tuner import (
     discover_target_modules,
     register,
 )
-from .data import testbed_faces
-from .generators import Editor, load_editor, wrap
 from .version import __version__
 
 
 def get_peft_model(
-    model: nn.Module, config: Optional[LoraPatchConfig] = None, adapter_name: str = "default", **kwargs
+    model: nn.Module, config: LoraPatchConfig | None = None, adapter_name: str = "default", **kwargs
 ) -> peft.PeftModel:
     """Wrap ``model`` with a gated LoRA patch; ``config`` defaults to ``LoraPatchConfig()`` (rank 8, basic gate,
     zero-initialised B, every Conv2d/ConvTranspose2d). Returns a ``peft.PeftModel``; extra keyword arguments go to
@@ -42,9 +42,9 @@ def get_peft_model(
 
 
 __all__ = [
-    "Editor",
     "GATE_TYPES",
     "PRESETS",
+    "Editor",
     "GatedLoraLayer",
     "LoraPatchConfig",
     "LoraPatchModel",

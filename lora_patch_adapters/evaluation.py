@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torchvision
@@ -46,7 +47,7 @@ class EvaluationResult:
     success_rate_patched: float  # ... and on the patched editor
     metrics: dict[str, dict[str, float]]
     perturbation: dict[str, float]  # L-inf size and PSNR of protected vs clean images
-    grid_path: Optional[str] = None
+    grid_path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,13 +86,13 @@ def evaluate_defense(
     base: Editor,
     images: torch.Tensor,
     labels: torch.Tensor,
-    patched: Optional[Editor] = None,
+    patched: Editor | None = None,
     scenario: str = "default",
     per_condition: bool = True,
     batch_size: int = 16,
     threshold: float = 0.05,
-    fit_data: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-    grid_path: Optional[str] = None,
+    fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    grid_path: str | None = None,
     grid_images: int = 4,
 ) -> EvaluationResult:
     """Run the protocol on ``images`` [N, 3, H, W] in [-1, 1] with source ``labels`` [N, A] (targets come from
@@ -126,7 +127,7 @@ def evaluate_defense(
     disrupted = {"base": 0, "patched": 0}
     linf, protected_psnr = 0.0, 0.0
     n_samples, n_conditions = 0, None
-    grid_rows: Optional[list[torch.Tensor]] = None
+    grid_rows: list[torch.Tensor] | None = None
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device)
         conditions = base.conditions(labels[start : start + batch_size].to(device))

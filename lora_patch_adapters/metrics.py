@@ -27,22 +27,22 @@ not depend on the precision the editor ran in.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "mse",
-    "l1",
-    "psnr",
-    "ssim",
-    "masked_l2",
-    "cmua_mask",
-    "success",
-    "success_rate",
     "DISRUPTION_THRESHOLD",
     "SSIM_WINDOW_SIZE",
+    "cmua_mask",
+    "l1",
+    "masked_l2",
+    "mse",
+    "psnr",
+    "ssim",
+    "success",
+    "success_rate",
 ]
 
 #: A sample counts as disrupted when MSE(edit of the protected image, edit of the clean image) exceeds this
@@ -289,7 +289,7 @@ def masked_l2(
 # Success rates
 
 
-def _check_scores(scores: Union[torch.Tensor, Sequence[float]], name: str) -> torch.Tensor:
+def _check_scores(scores: torch.Tensor | Sequence[float], name: str) -> torch.Tensor:
     scores = torch.as_tensor(scores)
     if scores.dim() != 1:
         raise ValueError(
@@ -304,7 +304,7 @@ def _check_scores(scores: Union[torch.Tensor, Sequence[float]], name: str) -> to
 
 
 def success(
-    disruption_mse: Union[torch.Tensor, Sequence[float]], threshold: float = DISRUPTION_THRESHOLD
+    disruption_mse: torch.Tensor | Sequence[float], threshold: float = DISRUPTION_THRESHOLD
 ) -> torch.Tensor:
     """Per-sample disruption flags, bool [N]: ``disruption_mse > threshold`` (strictly greater).
 
@@ -317,7 +317,7 @@ def success(
 
 
 def success_rate(
-    disruption_mse: Union[torch.Tensor, Sequence[float]], threshold: float = DISRUPTION_THRESHOLD
+    disruption_mse: torch.Tensor | Sequence[float], threshold: float = DISRUPTION_THRESHOLD
 ) -> float:
     """Fraction of samples whose disruption MSE exceeds ``threshold`` (see :func:`success`), a float in [0, 1]."""
     flags = success(disruption_mse, threshold)

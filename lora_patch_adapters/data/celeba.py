@@ -33,10 +33,11 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Union
 
 import torch
 from PIL import Image
@@ -47,14 +48,14 @@ from ..generators.stargan import STARGAN_ATTRIBUTES  # the default label columns
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
-    "STARGAN_ATTRIBUTES",
-    "CelebAAttributes",
-    "read_attr_file",
-    "Preprocessing",
     "PRESETS",
-    "make_transform",
     "SPLITS",
+    "STARGAN_ATTRIBUTES",
     "CelebA",
+    "CelebAAttributes",
+    "Preprocessing",
+    "make_transform",
+    "read_attr_file",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -134,7 +135,7 @@ class CelebAAttributes:
     filenames: list[str]
     names: list[str]
     values: torch.Tensor
-    path: Optional[Path] = None
+    path: Path | None = None
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -251,7 +252,7 @@ class Preprocessing:
         source: where the numbers come from.
     """
 
-    crop: Optional[int]
+    crop: int | None
     size: int
     source: str = ""
 
@@ -267,7 +268,7 @@ PRESETS: Mapping[str, Preprocessing] = MappingProxyType(
 )
 
 
-def _check_size(value: SizeArg, what: str, allow_zero: bool) -> Union[int, tuple[int, int]]:
+def _check_size(value: SizeArg, what: str, allow_zero: bool) -> int | tuple[int, int]:
     def ok(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and (v > 0 or (allow_zero and v == 0))
 
@@ -284,7 +285,7 @@ def _check_size(value: SizeArg, what: str, allow_zero: bool) -> Union[int, tuple
 
 
 def make_transform(
-    preset: Optional[str] = None, crop: Optional[SizeArg] = None, size: Optional[SizeArg] = None
+    preset: str | None = None, crop: SizeArg | None = None, size: SizeArg | None = None
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Build the PIL image -> tensor pipeline of a preset (or of explicit numbers).
 
@@ -307,8 +308,8 @@ def make_transform(
     Raises:
         ValueError: unknown preset, no size, or a malformed crop/size.
     """
-    chosen_crop: Optional[SizeArg] = None
-    chosen_size: Optional[SizeArg] = None
+    chosen_crop: SizeArg | None = None
+    chosen_size: SizeArg | None = None
     if preset is not None:
         key = preset.lower() if isinstance(preset, str) else preset
         if key not in PRESETS:
@@ -385,14 +386,14 @@ class CelebA(Dataset):
     def __init__(
         self,
         image_dir: PathLike,
-        attr_file: Union[PathLike, CelebAAttributes],
-        attributes: Optional[Sequence[str]] = STARGAN_ATTRIBUTES,
-        preset: Optional[str] = "stargan",
-        crop: Optional[SizeArg] = None,
-        size: Optional[SizeArg] = None,
-        split: Optional[str] = None,
-        start: Optional[int] = None,
-        stop: Optional[int] = None,
+        attr_file: PathLike | CelebAAttributes,
+        attributes: Sequence[str] | None = STARGAN_ATTRIBUTES,
+        preset: str | None = "stargan",
+        crop: SizeArg | None = None,
+        size: SizeArg | None = None,
+        split: str | None = None,
+        start: int | None = None,
+        stop: int | None = None,
     ) -> None:
         super().__init__()
         self.image_dir = Path(image_dir)
@@ -423,7 +424,7 @@ class CelebA(Dataset):
 
     @staticmethod
     def _row_range(
-        total: int, split: Optional[str], start: Optional[int], stop: Optional[int], source: Optional[Path]
+        total: int, split: str | None, start: int | None, stop: int | None, source: Path | None
     ) -> tuple[int, int]:
         where = source or "the attribute table"
         if split is not None:

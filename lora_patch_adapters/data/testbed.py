@@ -13,6 +13,7 @@ prefix-stable sequence: the first 10 faces of ``n=100`` are the 10 faces of ``n=
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+
 import torch
 
 TESTBED_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Eyeglasses", "Smiling")
@@ -44,7 +45,7 @@ class FaceIdentity:
     def __len__(self) -> int:
         return self.center_x.shape[0]
 
-    def select(self, index: torch.Tensor) -> "FaceIdentity":
+    def select(self, index: torch.Tensor) -> FaceIdentity:
         """The identities at ``index`` (a LongTensor or slice)."""
         return FaceIdentity(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 

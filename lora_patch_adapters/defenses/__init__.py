@@ -5,4 +5,4 @@ from .base import Defense
 from .cmua import CMUA
 from .pgd import FGSM, IFGSM, PGD
 
-__all__ = ["AntiForgery", "CMUA", "Defense", "FGSM", "IFGSM", "PGD"]
+__all__ = ["CMUA", "FGSM", "IFGSM", "PGD", "AntiForgery", "Defense"]

@@ -20,7 +20,6 @@ reach roughly +-0.01 of the +-0.05 budget; the clamp only binds with larger lear
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +115,7 @@ class AntiForgery(Defense):
         steps: int = 100,
         lr: float = 1e-4,
         seed: int = 0,
-        rgb_eps: Optional[float] = None,
+        rgb_eps: float | None = None,
         random_start: bool = False,
     ) -> None:
         self.ab_eps = _check_lab_eps(eps)

@@ -10,7 +10,8 @@ their ``seed``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,8 @@ just ``clip(x + delta, -1, 1)``, the same perturbation for every image, editor a
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Union
 
 import torch
 
@@ -51,7 +52,7 @@ class CMUA(Defense):
         self.momentum = float(momentum)
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = int(seed)
-        self.perturbation: Optional[torch.Tensor] = None  # [1, 3, H, W] once fitted
+        self.perturbation: torch.Tensor | None = None  # [1, 3, H, W] once fitted
 
     def _batches(self, data: Batches) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
@@ -65,7 +66,7 @@ class CMUA(Defense):
         else:
             yield from data
 
-    def fit(self, data: Batches, editors: Union[Editor, Sequence[Editor]], epochs: int = 1) -> "CMUA":
+    def fit(self, data: Batches, editors: Editor | Sequence[Editor], epochs: int = 1) -> CMUA:
         """Fit the universal perturbation on ``data`` — an ``(images, labels)`` pair of tensors (shuffled with
         ``seed`` and cut into ``batch_size`` batches) or an iterable of such batches (e.g. a DataLoader) — for one
         or more ``editors``, each using its own ``conditions(labels)``."""
@@ -105,7 +106,7 @@ class CMUA(Defense):
         batch_mean = (x_adv - x).mean(dim=0, keepdim=True)
         self.perturbation = (self.momentum * delta + (1 - self.momentum) * batch_mean).clamp(-self.eps, self.eps)
 
-    def protect(self, x: torch.Tensor, editor: Optional[Editor] = None, condition=None) -> torch.Tensor:
+    def protect(self, x: torch.Tensor, editor: Editor | None = None, condition=None) -> torch.Tensor:
         """``clip(x + perturbation, -1, 1)``; ``editor`` and ``condition`` are accepted for the common API."""
         if self.perturbation is None:
             raise RuntimeError("CMUA has no perturbation yet: call fit(data, editors) first.")

@@ -29,7 +29,7 @@ EDITOR_NAMES = tuple(_BUILDERS)
 
 
 def load_editor(
-    name: str, checkpoint: Optional[PathLike] = None, device: Union[str, torch.device, None] = None
+    name: str, checkpoint: PathLike | None = None, device: str | torch.device | None = None
 ) -> Editor:
     """Build the editor ``name`` ("stargan", "attgan", "attgan_inject1", "hisd", "testbed").
 
@@ -52,18 +52,18 @@ __all__ = [
     "ATTGAN_ATTRIBUTES",
     "EDITOR_NAMES",
     "HISD_TAGS",
+    "STARGAN_ATTRIBUTES",
     "AttGANEditor",
     "AttGANGenerator",
-    "HiSDCondition",
-    "HiSDEditor",
-    "HiSDGenerator",
-    "attgan_conditions",
-    "STARGAN_ATTRIBUTES",
     "CheckpointError",
     "CustomEditor",
     "Editor",
+    "HiSDCondition",
+    "HiSDEditor",
+    "HiSDGenerator",
     "StarGANEditor",
     "StarGANGenerator",
+    "attgan_conditions",
     "check_images",
     "check_labels",
     "identify_layout",

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,7 +70,7 @@ def conflicting_attributes(name: str) -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------------------------------------------- network
-def _norm_layer(kind: str, channels: int) -> Optional[nn.Module]:
+def _norm_layer(kind: str, channels: int) -> nn.Module | None:
     if kind == "batchnorm":
         return nn.BatchNorm2d(channels)
     if kind == "instancenorm":
@@ -77,7 +78,7 @@ def _norm_layer(kind: str, channels: int) -> Optional[nn.Module]:
     return None
 
 
-def _activation(kind: str) -> Optional[nn.Module]:
+def _activation(kind: str) -> nn.Module | None:
     return {
         "relu": nn.ReLU,
         "lrelu": nn.LeakyReLU,  # default slope 0.01, as in the official code
@@ -246,8 +247,8 @@ class AttGANGenerator(nn.Module):
         return z
 
     def forward(
-        self, x: Union[torch.Tensor, Sequence[torch.Tensor]], a: Optional[torch.Tensor] = None, mode: str = "enc-dec"
-    ) -> Union[torch.Tensor, list[torch.Tensor]]:
+        self, x: torch.Tensor | Sequence[torch.Tensor], a: torch.Tensor | None = None, mode: str = "enc-dec"
+    ) -> torch.Tensor | list[torch.Tensor]:
         """``mode="enc-dec"``: edited images ``decode(encode(x), a)``; ``"enc"``: ``encode(x)``; ``"dec"``:
         ``decode(x, a)`` with x the feature list."""
         if mode == "enc-dec":
@@ -318,7 +319,7 @@ class AttGANEditor(Editor):
     def __init__(
         self,
         generator: nn.Module,
-        name: Optional[str] = None,
+        name: str | None = None,
         thres_int: float = 0.5,
         test_int: float = 1.0,
         attribute_names: Sequence[str] = ATTGAN_ATTRIBUTES,
@@ -354,8 +355,8 @@ def _strip_data_parallel_prefix(state: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 def build_editor(
-    checkpoint: Union[str, os.PathLike, None] = None,
-    device: Union[str, torch.device, None] = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
     inject_layers: int = 0,
 ) -> AttGANEditor:
     """The released 256 px AttGAN (shortcut_layers=1) as an editor, in eval mode.

@@ -10,7 +10,8 @@ injects the patch in place, so ``editor.edit`` runs the patched network from the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -55,7 +56,16 @@ class Editor(ABC):
 
     __call__ = edit
 
-    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "Editor":
+    def concat_conditions(self, conditions: Sequence[Any]) -> Any | None:
+        """One condition for images stacked along the batch, condition by condition (``torch.cat`` of the images
+        for ``conditions[0]``, then ``conditions[1]``, ...), or None when the format cannot be stacked (callers then
+        run the conditions one by one). Tensor conditions [N, ...] are concatenated."""
+        if conditions and all(isinstance(c, torch.Tensor) for c in conditions):
+            if len({tuple(c.shape[1:]) for c in conditions}) == 1:
+                return torch.cat(list(conditions))
+        return None
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Editor:
         """Move the generator (in place) and return the editor."""
         self.generator.to(device=device, dtype=dtype)
         return self

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from typing import Any, Callable, Mapping, Optional, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ def layout_shapes(name: str) -> dict[str, tuple[int, ...]]:
     return _LAYOUT_CACHE[name]
 
 
-def identify_layout(state_dict: Mapping[str, Any]) -> Optional[str]:
+def identify_layout(state_dict: Mapping[str, Any]) -> str | None:
     """The registered layout whose keys and shapes exactly match ``state_dict``, if any."""
     shapes = {
         k: tuple(v.shape)
@@ -56,7 +57,7 @@ def identify_layout(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def read_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu") -> Any:
+def read_checkpoint(path: PathLike, map_location: str | torch.device | None = "cpu") -> Any:
     """Read a checkpoint file: ``.safetensors`` with safetensors, anything else with
     ``torch.load(weights_only=True)``. Raises :class:`CheckpointError` for a missing, truncated or unsafe file."""
     path = os.fspath(path)
@@ -83,7 +84,7 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
         ) from exc
 
 
-def pick_state_dict(obj: Any, key: Optional[str], model_name: str, path: PathLike) -> dict[str, torch.Tensor]:
+def pick_state_dict(obj: Any, key: str | None, model_name: str, path: PathLike) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint object: ``obj[key]`` for dict-of-dicts formats, ``obj`` itself otherwise."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{os.fspath(path)!r} does not hold a state dict (found {type(obj).__name__}).")

@@ -3,7 +3,8 @@ generators")."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ class CustomEditor(Editor):
         self,
         module: nn.Module,
         edit_fn: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor],
-        conditions_fn: Optional[Callable[[torch.Tensor], list]] = None,
+        conditions_fn: Callable[[torch.Tensor], list] | None = None,
         attribute_names: Sequence[str] = (),
         mode: GeneratorMode = "eval",
         name: str = "custom",
@@ -54,8 +55,8 @@ class CustomEditor(Editor):
 
 def wrap(
     module: nn.Module,
-    edit_fn: Optional[Callable[[nn.Module, torch.Tensor, Any], torch.Tensor]] = None,
-    conditions_fn: Optional[Callable[[torch.Tensor], list]] = None,
+    edit_fn: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor] | None = None,
+    conditions_fn: Callable[[torch.Tensor], list] | None = None,
     attribute_names: Sequence[str] = (),
     mode: GeneratorMode = "eval",
     name: str = "custom",

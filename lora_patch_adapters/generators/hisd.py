@@ -42,8 +42,9 @@ import math
 import operator
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -328,7 +329,7 @@ class Mapper(nn.Module):
             ]
         )
 
-    def forward(self, z: torch.Tensor, attribute: Union[int, torch.Tensor]) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, attribute: int | torch.Tensor) -> torch.Tensor:
         h = self.pre_model(z)
         if not isinstance(attribute, torch.Tensor):
             return self.post_models[attribute](h)
@@ -365,7 +366,7 @@ class HiSDGenerator(nn.Module):
     ``decode(translate(encode(x), style, tag))``.
     """
 
-    def __init__(self, hyperparameters: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(self, hyperparameters: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         hp = copy.deepcopy(dict(CELEBA_HQ_256 if hyperparameters is None else hyperparameters))
         self.hyperparameters = hp
@@ -452,7 +453,7 @@ class HiSDGenerator(nn.Module):
             )
         return self.extractors(reference)[:, tag]
 
-    def map(self, z: torch.Tensor, tag: int, attribute: Union[int, torch.Tensor]) -> torch.Tensor:
+    def map(self, z: torch.Tensor, tag: int, attribute: int | torch.Tensor) -> torch.Tensor:
         """Style for ``attribute`` of ``tag`` from noise ``z`` [N, noise_dim] (standard normal) -> [N, style_dim].
 
         ``attribute`` is an int (the same attribute for the whole batch, the official call) or an integer tensor [N]
@@ -529,9 +530,9 @@ class HiSDCondition:
     """
 
     tag: int
-    reference: Optional[torch.Tensor] = None
-    attribute: Optional[Union[int, torch.Tensor]] = None
-    z: Optional[torch.Tensor] = None
+    reference: torch.Tensor | None = None
+    attribute: int | torch.Tensor | None = None
+    z: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tag, bool):
@@ -634,7 +635,7 @@ class HiSDEditor(Editor):
     name = "hisd"
     generator_mode = "eval"
 
-    def __init__(self, generator: Optional[HiSDGenerator] = None) -> None:
+    def __init__(self, generator: HiSDGenerator | None = None) -> None:
         generator = HiSDGenerator() if generator is None else generator
         if not isinstance(generator, HiSDGenerator):
             raise TypeError(f"HiSDEditor needs a HiSDGenerator, got {type(generator).__name__}.")
@@ -648,7 +649,7 @@ class HiSDEditor(Editor):
                 names.extend([name] if binary else [f"{name}_{attribute}" for attribute in attributes])
             self.attribute_names = tuple(names)
 
-    def _run(self, x: torch.Tensor, condition: Union[HiSDCondition, Sequence[HiSDCondition]]) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, condition: HiSDCondition | Sequence[HiSDCondition]) -> torch.Tensor:
         steps = [condition] if isinstance(condition, HiSDCondition) else list(condition)
         if not steps or not all(isinstance(step, HiSDCondition) for step in steps):
             raise TypeError(
@@ -688,7 +689,7 @@ class HiSDEditor(Editor):
 
 
 def build_editor(
-    checkpoint: Optional[Union[str, os.PathLike]] = None, device: Union[str, torch.device, None] = None
+    checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None
 ) -> HiSDEditor:
     """The official 256x256 HiSD (celeba-hq) editor.
 

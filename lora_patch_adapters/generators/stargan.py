@@ -12,7 +12,7 @@ would use the stored running statistics instead and the results differ.
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -105,7 +105,7 @@ class StarGANEditor(Editor):
     attribute_names = STARGAN_ATTRIBUTES
     generator_mode = "train"
 
-    def __init__(self, generator: nn.Module, attribute_names: Optional[Sequence[str]] = None, name: str = "") -> None:
+    def __init__(self, generator: nn.Module, attribute_names: Sequence[str] | None = None, name: str = "") -> None:
         super().__init__(generator)
         if attribute_names is not None:
             self.attribute_names = tuple(attribute_names)
@@ -125,7 +125,7 @@ class StarGANEditor(Editor):
         return stargan_conditions(labels, self.attribute_names)
 
 
-def build_editor(checkpoint: Optional[PathLike] = None, device: Union[str, torch.device, None] = None) -> StarGANEditor:
+def build_editor(checkpoint: PathLike | None = None, device: str | torch.device | None = None) -> StarGANEditor:
     """The official CelebA StarGAN (conv_dim 64, c_dim 5, 6 blocks) as an editor; ``checkpoint`` is an official
     ``200000-G.ckpt`` (a plain state dict; read with weights_only=True). Without a checkpoint the weights are random."""
     generator = StarGANGenerator()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Union
 
 import torch
 
@@ -22,7 +21,7 @@ TESTBED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "testbed_editor.safetensors")
 
 
-def testbed_record(path: Optional[PathLike] = None) -> dict:
+def testbed_record(path: PathLike | None = None) -> dict:
     """The training record stored in a testbed weights file (architecture, command, seed, held-out PSNR)."""
     from safetensors import safe_open
 
@@ -36,7 +35,7 @@ def testbed_record(path: Optional[PathLike] = None) -> dict:
     return json.loads(metadata["lora_patch_testbed"])
 
 
-def build_editor(checkpoint: Optional[PathLike] = None, device: Union[str, torch.device, None] = None) -> StarGANEditor:
+def build_editor(checkpoint: PathLike | None = None, device: str | torch.device | None = None) -> StarGANEditor:
     """The shipped testbed editor (or one retrained to ``checkpoint``), in float32."""
     from safetensors.torch import load_file
 

@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +104,7 @@ def train(
     size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
-    arch: Optional[dict] = None,
+    arch: dict | None = None,
     log_every: int = 250,
     fragility_steps: int = 600,
     fragility_weight: float = 10.0,
@@ -182,7 +182,7 @@ def save_editor(generator: StarGANGenerator, record: dict, path: str, half: bool
     os.chmod(path, 0o644)  # a package data file, readable by everyone
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output .safetensors path")
     parser.add_argument("--steps", type=int, default=2500)

@@ -10,10 +10,10 @@ register(LoraPatchConfig, LoraPatchModel)
 __all__ = [
     "GATE_TYPES",
     "MERGEABLE_GATES",
-    "PRESETS",
     "PEFT_METHOD_NAME",
     "PEFT_TYPE_NAME",
     "PREFIX",
+    "PRESETS",
     "Conv2d",
     "ConvTranspose2d",
     "GatedLoraLayer",

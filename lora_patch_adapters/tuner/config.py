@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 from peft.config import PeftConfig
 
@@ -91,7 +91,7 @@ class LoraPatchConfig(PeftConfig):
             "'kaiming': A and B both Kaiming-uniform (the paper's choice; the patch is active from the start)."
         },
     )
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "Modules to patch, as in PEFT: a list of names (exact or dotted suffix) or a regex that must "
@@ -103,11 +103,11 @@ class LoraPatchConfig(PeftConfig):
         default=False,
         metadata={"help": "With target_modules=None, also patch every nn.Linear layer."},
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    exclude_modules: list[str] | str | None = field(
         default=None,
         metadata={"help": "Modules never patched: a list of names (exact or dotted suffix) or a full-match regex."},
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None,
         metadata={
             "help": "Modules (e.g. a final layer) trained in full and saved with the patch, besides the low-rank "
@@ -153,7 +153,7 @@ class LoraPatchConfig(PeftConfig):
         return self.gate in MERGEABLE_GATES
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "LoraPatchConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> LoraPatchConfig:
         """Build a config from a named preset (``"paper"``, ``"paper-defensive"``), with field overrides."""
         if name not in PRESETS:
             raise ValueError(f"Unknown LoraPatchConfig preset {name!r}; choose one of {sorted(PRESETS)}.")
@@ -169,7 +169,7 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"LoraPatchConfig.{name}={value!r} is not supported; choose one of {list(choices)}.")
 
 
-def _normalise_names(name: str, value: Any) -> Optional[Union[list[str], str]]:
+def _normalise_names(name: str, value: Any) -> list[str] | str | None:
     """Lists/sets/tuples become a sorted, de-duplicated list (deterministic configs); strings stay regexes."""
     if value is None or isinstance(value, str):
         return value

@@ -6,8 +6,6 @@ Each gate is a small ``nn.Module`` (stored per adapter in a ``ModuleDict``). Inp
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +20,7 @@ class Gate(nn.Module):
         """The tensors an input-independent gate's value depends on (for cache keys)."""
         return ()
 
-    def factor(self) -> Union[float, torch.Tensor]:
+    def factor(self) -> float | torch.Tensor:
         """The input-independent gate value (a float or a 0-dim tensor)."""
         raise TypeError(
             f"{type(self).__name__} depends on the layer's input, so it has no constant value and its patch cannot "

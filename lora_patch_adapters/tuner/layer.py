@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ class GatedLoraLayer(BaseTunerLayer):
         self.lora_patch_gate = nn.ModuleDict()
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._fused_cache: Optional[tuple[list, torch.Tensor]] = None  # see _fused_weight
+        self._fused_cache: tuple[list, torch.Tensor] | None = None  # see _fused_weight
 
     # ----------------------------------------------------------------------------------------------------- building
     @abstractmethod
@@ -189,7 +189,7 @@ class GatedLoraLayer(BaseTunerLayer):
             if name in self.gate_type and not self.lora_patch_gate[name].input_independent:
                 raise unmergeable_gate_error(name, self.gate_type[name])
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add ``gate * scale * dW`` of the (active) adapters to the base weight, in place."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         if not adapter_names:
@@ -296,7 +296,7 @@ class ConvTranspose2d(_GatedModule):
         return torch.baddbmm(w3, b_scaled.expand(n_in, -1, -1), a3).view(weight.shape)
 
     @staticmethod
-    def _output_size(args: tuple, kwargs: dict) -> Optional[list[int]]:
+    def _output_size(args: tuple, kwargs: dict) -> list[int] | None:
         return kwargs.get("output_size", args[0] if args else None)
 
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -342,7 +342,7 @@ SUPPORTED_LAYERS: dict[type, type] = {
 """Base layer type -> gated wrapper. Subclasses of these types are matched too (exact types take precedence)."""
 
 
-def wrapper_for(module: nn.Module) -> Optional[type]:
+def wrapper_for(module: nn.Module) -> type | None:
     """The gated wrapper class for ``module``, or None if its type is not supported."""
     for base_type, wrapper in SUPPORTED_LAYERS.items():
         if type(module) is base_type:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Optional, Union
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
@@ -16,7 +15,7 @@ from .registry import PREFIX
 DEFAULT_TARGET_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 
 
-def discover_target_modules(model: nn.Module, include_linear: bool = False) -> Union[list[str], str]:
+def discover_target_modules(model: nn.Module, include_linear: bool = False) -> list[str] | str:
     """Names of every Conv2d and ConvTranspose2d (and Linear if ``include_linear``) in ``model``, sorted.
 
     Layers already patched count once (by the wrapper's name); modules inside a patch (its A and B) are skipped.
@@ -110,7 +109,7 @@ class LoraPatchModel(BaseTuner):
         self._replace_module(parent, target_name, new_module, target)
 
     # ------------------------------------------------------------------------------------------------------ merging
-    def _check_mergeable(self, adapter_names: Optional[list[str]]) -> None:
+    def _check_mergeable(self, adapter_names: list[str] | None) -> None:
         """Refuse, before touching any weight, to merge adapters whose gate depends on the input."""
         names = adapter_names if adapter_names is not None else self.active_adapters
         for name in names:
@@ -120,7 +119,7 @@ class LoraPatchModel(BaseTuner):
             if not config.is_mergeable:
                 raise unmergeable_gate_error(name, config.gate)
 
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         self._check_mergeable(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
