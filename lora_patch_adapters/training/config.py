@@ -1,0 +1,90 @@
+"""``TrainingConfig``: the knobs of the patch-training loop, validated, JSON-serialisable."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEDULES = ("batched", "per_condition")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"TrainingConfig.{name} must be a positive integer{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+
+
+def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"TrainingConfig.{name} must be a finite number > 0{' or None' if allow_none else ''}, "
+                         f"got {value!r}.")
+
+
+@dataclass
+class TrainingConfig:
+    """How a patch is trained (the defaults are the paper's: Adam 1e-3, betas 0.5/0.999, batch 4, one epoch, seed 42).
+
+    A *step* is one batch: in the ``"batched"`` schedule all target conditions of the batch go through the generator
+    together (N images x T conditions in one forward) and the optimiser steps once; ``"per_condition"`` reproduces
+    the paper's schedule, one optimiser step per (batch, condition).
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many batches (over all epochs); None: run every epoch fully
+    batch_size: int = 4
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # "cosine": decay to 0 over the run (a function of the step: resume-safe)
+    betas: tuple[float, float] = (0.5, 0.999)
+    schedule: str = "batched"
+    seed: int = 42
+    grad_clip: float | None = None  # max global L2 norm of the patch gradient; None: no clipping
+    log_every: int = 10  # history keeps every step; the progress bar / log line refreshes this often
+    checkpoint_every: int | None = None  # steps between checkpoints (needs an output directory); None: only final
+    keep_checkpoints: int = 2  # the most recent checkpoints kept on disk
+    progress: bool = True  # show a tqdm progress bar
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with checkpoints and reports
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("max_steps", self.max_steps, allow_none=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_float("lr", self.lr)
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ValueError(f"TrainingConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
+        self.betas = (float(betas[0]), float(betas[1]))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainingConfig.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainingConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TrainingConfig.seed must be an integer >= 0, got {self.seed!r}.")
+        _positive_float("grad_clip", self.grad_clip, allow_none=True)
+        _positive_int("log_every", self.log_every)
+        _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
+        _positive_int("keep_checkpoints", self.keep_checkpoints)
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of 0-based ``step`` out of ``total_steps``."""
+        if self.lr_schedule == "cosine" and total_steps > 1:
+            return self.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps - 1) / (total_steps - 1)))
+        return self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown TrainingConfig fields {unknown}; known: {sorted(known)}.")
+        return cls(**data)

@@ -1,0 +1,371 @@
+"""``PatchTrainer``: the min-max loop shared by the bypass and the defensive (watermark) trainers.
+
+For each batch of images x [N, 3, H, W] in [-1, 1] with source labels [N, A]:
+
+1. targets: the frozen base generator's clean edit ``y_ref`` for every target condition (the patch is switched off
+   with ``disable_adapter``, no copy of the generator is kept), turned into the training target by
+   :meth:`PatchTrainer.make_target` (the bypass trainer keeps ``y_ref``; the watermark trainer stamps the warning);
+2. inner maximisation: protected images from ``attack.protect`` run against the *current* patched generator
+   (PGD eps 0.05, 10 x 0.01 by default; any :class:`~lora_patch_adapters.defenses.base.Defense` works);
+3. outer minimisation: one Adam step on the patch parameters of
+   ``loss(G_p(x), target) + loss(G_p(x_protected), target)``, ``loss`` an :class:`~lora_patch_adapters.losses.MMFALoss`.
+
+Schedules: ``"batched"`` stacks all T target conditions of a batch into one forward (N x T images) and steps once;
+``"per_condition"`` takes one optimiser step per condition (the paper's schedule). Training hygiene: one seed for
+everything (per-step attack seeds are derived from it), the global gradient norm logged every step (optionally
+clipped), non-finite losses or gradients stop the run before the optimiser applies them, checkpoints (patch +
+optimiser + RNG + loop position) that resume to exactly the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import peft
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
+
+from ..defenses.base import Defense
+from ..defenses.pgd import PGD
+from ..generators.base import Editor
+from ..losses import MMFALoss
+from ..tuner.config import LoraPatchConfig
+from ..tuner.layer import GatedLoraLayer
+from . import checkpoint as ckpt
+from .config import TrainingConfig
+from .seeding import derive_seed, seed_everything, set_rng_state
+
+TrainingData = Union[Dataset, tuple[torch.Tensor, torch.Tensor]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient became NaN/Inf; the step was not applied."""
+
+
+@dataclass
+class TrainingResult:
+    """What :meth:`PatchTrainer.train` did: ``history`` holds one dict per step (loss terms, grad norm, seconds)."""
+
+    steps: int
+    epochs_completed: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.history[-1]["loss"] if self.history else float("nan")
+
+    def grad_norm_stats(self) -> dict[str, float]:
+        norms = [h["grad_norm"] for h in self.history]
+        if not norms:
+            return {}
+        return {"max": max(norms), "mean": sum(norms) / len(norms), "last": norms[-1]}
+
+
+def as_dataset(data: TrainingData) -> Dataset:
+    """A map-style dataset of (image [3, H, W], labels [A]) from a Dataset or an (images, labels) tensor pair."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        images, labels = data
+        if images.dim() != 4 or labels.dim() != 2 or images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"Training data must be images [N, 3, H, W] and labels [N, A] with the same N, got "
+                f"{tuple(images.shape)} and {tuple(labels.shape)}."
+            )
+        return TensorDataset(images, labels)
+    raise TypeError(
+        "Training data must be a torch Dataset of (image, labels) pairs (e.g. lora_patch_adapters.data.CelebA) or "
+        f"an (images, labels) tuple of tensors, got {type(data).__name__}."
+    )
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled index batches of one epoch, a pure function of (seed, epoch) so a resumed run sees the same."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def patch_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class PatchTrainer:
+    """Trains a gated LoRA patch on ``editor.generator`` (see the module docstring).
+
+    Args:
+        editor: the editor whose generator is patched in place (``editor.edit`` runs the patched network).
+        patch: a :class:`LoraPatchConfig` (default :attr:`default_patch_config`) to create the patch, or the
+            ``peft.PeftModel`` that already wraps ``editor.generator``.
+        attack: the inner maximisation; default ``PGD(eps=0.05, steps=10, step_size=0.01)``. It is copied, and its
+            ``seed`` (if it has one) is re-derived from the run's seed at every step.
+        loss: an :class:`MMFALoss` (default :meth:`default_loss`).
+        config: a :class:`TrainingConfig`.
+        output_dir: where checkpoints go (``output_dir/checkpoints/step-N``); None keeps everything in memory.
+        adapter_name: the PEFT adapter name.
+    """
+
+    kind = "patch"
+
+    def __init__(
+        self,
+        editor: Editor,
+        patch: LoraPatchConfig | peft.PeftModel | None = None,
+        attack: Defense | None = None,
+        loss: MMFALoss | None = None,
+        config: TrainingConfig | None = None,
+        output_dir: str | None = None,
+        adapter_name: str = "default",
+    ) -> None:
+        if not isinstance(editor, Editor):
+            raise TypeError(f"editor must be a lora_patch_adapters Editor (see load_editor / wrap), got "
+                            f"{type(editor).__name__}.")
+        self.config = config if config is not None else TrainingConfig()
+        if not isinstance(self.config, TrainingConfig):
+            raise TypeError(f"config must be a TrainingConfig, got {type(self.config).__name__}.")
+        if attack is not None and not isinstance(attack, Defense):
+            raise TypeError(f"attack must be a lora_patch_adapters.defenses Defense, got {type(attack).__name__}.")
+        seed_everything(self.config.seed)  # before the patch is created: its initialisation draws from torch's RNG
+        self.editor = editor
+        self.adapter_name = adapter_name
+        self.model = self._attach(editor, patch, adapter_name)
+        self.attack = copy.deepcopy(attack) if attack is not None else PGD(eps=0.05, steps=10, step_size=0.01)
+        self.loss = (loss if loss is not None else self.default_loss()).to(editor.device)
+        self.parameters = patch_parameters(self.model)
+        if not self.parameters:
+            raise ValueError("The patch has no trainable parameters (was it loaded without is_trainable=True?).")
+        self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.lr, betas=self.config.betas)
+        self.output_dir = output_dir
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.checkpoints: list[str] = []
+        self.total_steps: int | None = None  # set by train(); drives the learning-rate schedule
+
+    # ---------------------------------------------------------------------------------------------------- hooks
+    def default_patch_config(self) -> LoraPatchConfig:
+        return LoraPatchConfig.from_preset("paper")
+
+    def default_loss(self) -> MMFALoss:
+        return MMFALoss()
+
+    def make_target(self, reference: torch.Tensor) -> torch.Tensor:
+        """The output the patched generator should produce, from the base generator's clean edit [M, 3, H, W]."""
+        return reference
+
+    # ---------------------------------------------------------------------------------------------------- setup
+    def _attach(self, editor: Editor, patch: Any, adapter_name: str) -> peft.PeftModel:
+        if isinstance(patch, peft.PeftModel):
+            inner = patch.get_base_model()
+            if patch is not editor.generator and inner is not editor.generator:
+                raise ValueError("The PeftModel given as `patch` does not wrap editor.generator.")
+            if adapter_name not in patch.peft_config:
+                raise ValueError(f"The PeftModel has no adapter {adapter_name!r} (it has {list(patch.peft_config)}).")
+            patch.set_adapter(adapter_name)  # also makes that adapter's parameters trainable
+            return patch
+        if any(isinstance(m, GatedLoraLayer) for m in editor.generator.modules()):
+            raise ValueError(
+                "editor.generator already carries a lora-patch: pass the PeftModel returned by get_peft_model / "
+                "PeftModel.from_pretrained(..., is_trainable=True) as `patch=`."
+            )
+        config = patch if patch is not None else self.default_patch_config()
+        if not isinstance(config, LoraPatchConfig):
+            raise TypeError(f"patch must be a LoraPatchConfig or a peft.PeftModel, got {type(config).__name__}.")
+        return peft.get_peft_model(editor.generator, config, adapter_name=adapter_name)
+
+    # -------------------------------------------------------------------------------------------------- the step
+    def _condition_groups(self, x: torch.Tensor, labels: torch.Tensor) -> list[list[tuple[torch.Tensor, Any]]]:
+        """Optimiser steps for one batch, each a list of (images, condition) forwards whose mean loss it takes."""
+        conditions = self.editor.conditions(labels)
+        if self.config.schedule == "per_condition":
+            return [[(x, c)] for c in conditions]
+        stacked = self.editor.concat_conditions(conditions)
+        if stacked is None:  # condition objects that cannot be stacked (HiSD): same maths, one forward each
+            return [[(x, c) for c in conditions]]
+        return [[(x.repeat(len(conditions), 1, 1, 1), stacked)]]
+
+    def _edit_pair(self, x: torch.Tensor, x_protected: torch.Tensor, condition: Any) -> tuple[torch.Tensor, ...]:
+        """Patched outputs on the clean and the protected images, in one forward when the condition stacks."""
+        both = self.editor.concat_conditions([condition, condition])
+        if both is None:
+            return self.editor.edit(x, condition), self.editor.edit(x_protected, condition)
+        out = self.editor.edit(torch.cat([x, x_protected]), both)
+        return out[: x.shape[0]], out[x.shape[0] :]
+
+    def compute_loss(self, x: torch.Tensor, condition: Any, attack_seed: int = 0) -> tuple[torch.Tensor, dict]:
+        """The outer loss for images ``x`` under ``condition`` and its (detached) terms, with the inner attack."""
+        with torch.no_grad(), self.model.disable_adapter():
+            reference = self.editor.edit(x, condition)
+        target = self.make_target(reference)
+        if hasattr(self.attack, "seed"):
+            self.attack.seed = attack_seed
+        x_protected = self.attack.protect(x, self.editor, condition)  # against the current patched generator
+        out_clean, out_protected = self._edit_pair(x, x_protected, condition)
+        target_features = self.loss.encode_targets(target)
+        loss_clean, terms_clean = self.loss(out_clean, target, target_features)
+        loss_protected, terms_protected = self.loss(out_protected, target, target_features)
+        terms = {f"{k}_clean": v for k, v in terms_clean.items()}
+        terms.update({f"{k}_protected": v for k, v in terms_protected.items()})
+        return loss_clean + loss_protected, terms
+
+    def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One batch (one or, per condition, several optimiser steps); returns the step's record."""
+        start = time.perf_counter()
+        x = x.to(self.editor.device)
+        labels = labels.to(self.editor.device)
+        totals: dict[str, float] = {}
+        norms: list[float] = []
+        groups = self._condition_groups(x, labels)
+        lr = self.config.lr_at(self.step, self.total_steps or self.step + 1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for g, group in enumerate(groups):
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, (images, condition) in enumerate(group):
+                loss, terms = self.compute_loss(images, condition, derive_seed(self.config.seed, self.step, g, k))
+                loss = loss / len(group)
+                self._check_finite("loss", loss, terms)
+                loss.backward()
+                for name, value in {"loss": loss.detach(), **{n: v / len(group) for n, v in terms.items()}}.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) / len(groups)
+            max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
+            self._check_finite("gradient norm", norm, {})
+            norms.append(float(norm))
+            self.optimizer.step()
+        self.step += 1
+        record = {"step": self.step, "epoch": self.epoch, **totals, "grad_norm": max(norms), "lr": lr,
+                  "seconds": time.perf_counter() - start}
+        self.history.append(record)
+        return record
+
+    def _check_finite(self, what: str, value: torch.Tensor, terms: dict) -> None:
+        if torch.isfinite(value).all():
+            return
+        bad = [n for n, v in terms.items() if not torch.isfinite(v).all()]
+        where = self._save_good_checkpoint()
+        raise NonFiniteLossError(
+            f"The {what} became {float(value)} at step {self.step + 1} (epoch {self.epoch}, batch "
+            f"{self.batch_in_epoch})" + (f" in the terms {bad}" if bad else "") + "; training stopped before the "
+            f"optimiser applied it, so the patch is still the one after step {self.step}. "
+            + (f"Last good checkpoint: {where}. " if where else "No checkpoint was written (set output_dir). ")
+            + "Lower the learning rate or enable gradient clipping (grad_clip / --grad-clip)."
+        )
+
+    def _save_good_checkpoint(self) -> str | None:
+        if self.output_dir is None:
+            return None
+        if self.checkpoints and self.checkpoints[-1] == ckpt.checkpoint_dir(self.output_dir, self.step):
+            return self.checkpoints[-1]
+        if self.step == 0:
+            return None
+        return self.save_checkpoint()
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "kind": self.kind,
+                "config": self.config.to_dict(), "history": self.history}
+
+    def save_checkpoint(self) -> str:
+        if self.output_dir is None:
+            raise ValueError("save_checkpoint needs the trainer's output_dir.")
+        path = ckpt.save_checkpoint(self.output_dir, self.model, self.adapter_name, self.optimizer,
+                                    self.trainer_state(), self.config.keep_checkpoints)
+        self.checkpoints = [p for p in self.checkpoints if os.path.isdir(p)] + [path]
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore patch weights, optimiser, RNG and loop position from a checkpoint directory."""
+        data = ckpt.load_checkpoint(path)
+        state = data["state"]
+        if state.get("kind") != self.kind:
+            raise ckpt.CheckpointError(f"{path!r} is a {state.get('kind')!r} checkpoint; this is a {self.kind!r} "
+                                       "trainer.")
+        result = peft.set_peft_model_state_dict(self.model, data["adapter_weights"], adapter_name=self.adapter_name)
+        missing = [k for k in getattr(result, "missing_keys", []) if self.adapter_name in k]
+        if missing or getattr(result, "unexpected_keys", []):
+            raise ckpt.CheckpointError(f"{path!r} does not match this patch (missing {missing[:3]}, unexpected "
+                                       f"{list(getattr(result, 'unexpected_keys', []))[:3]}).")
+        self.optimizer.load_state_dict(data["optimizer"])
+        set_rng_state(data["rng"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.history = list(state.get("history", []))
+
+    # ------------------------------------------------------------------------------------------------------ loop
+    def train(
+        self, data: TrainingData, resume_from: str | None = None, num_workers: int = 0
+    ) -> TrainingResult:
+        """Train on ``data`` for ``config.epochs`` (or ``config.max_steps`` batches).
+
+        ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one under ``output_dir``.
+        """
+        dataset = as_dataset(data)
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("The training data is empty.")
+        if resume_from is not None:
+            if resume_from == "latest":
+                if self.output_dir is None or ckpt.latest_checkpoint(self.output_dir) is None:
+                    raise ckpt.CheckpointError(f"No checkpoint to resume from under {self.output_dir!r}.")
+                resume_from = ckpt.latest_checkpoint(self.output_dir)
+            self.load_checkpoint(resume_from)
+        per_epoch = math.ceil(n / self.config.batch_size)
+        total = per_epoch * self.config.epochs
+        if self.config.max_steps is not None:
+            total = min(total, self.config.max_steps)
+        self.total_steps = total
+        start = time.perf_counter()
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.config.progress,
+                   desc=f"training {self.kind} patch", unit="step", dynamic_ncols=True)
+        try:
+            while self.step < total:
+                batches = epoch_batches(n, self.config.batch_size, self.config.seed, self.epoch)
+                loader = DataLoader(dataset, batch_sampler=batches[self.batch_in_epoch :], num_workers=num_workers)
+                for x, labels in loader:
+                    if self.step >= total:
+                        break
+                    record = self.train_step(x, labels)
+                    self.batch_in_epoch += 1
+                    bar.update(1)
+                    if self.step % self.config.log_every == 0 or self.step == total:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if _is_term(k)}, refresh=False)
+                    if (self.output_dir is not None and self.config.checkpoint_every is not None
+                            and self.step % self.config.checkpoint_every == 0):
+                        self.save_checkpoint()
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        finally:
+            bar.close()
+        if self.output_dir is not None and self.config.checkpoint_every is not None:
+            self._save_good_checkpoint()
+        return TrainingResult(steps=self.step, epochs_completed=self.epoch, seconds=time.perf_counter() - start,
+                              history=list(self.history), checkpoints=list(self.checkpoints))
+
+    def save_patch(self, directory: str, metadata: dict[str, Any] | None = None) -> str:
+        """Save the trained patch (``save_pretrained`` files directly in ``directory``) and ``training.json``."""
+        import json
+
+        os.makedirs(directory, exist_ok=True)
+        ckpt.save_patch_files(self.model, self.adapter_name, directory)
+        record = {"kind": self.kind, "steps": self.step, "epochs_completed": self.epoch,
+                  "config": self.config.to_dict(), "attack": repr(self.attack),
+                  "loss": self.loss.describe() if hasattr(self.loss, "describe") else repr(self.loss),
+                  **(metadata or {})}
+        with open(os.path.join(directory, "training.json"), "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        return directory
+
+
+def _is_term(name: str) -> bool:
+    return name not in ("step", "epoch", "seconds", "lr")
+
