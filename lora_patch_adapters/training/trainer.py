@@ -201,14 +201,18 @@ class PatchTrainer:
         out = self.editor.edit(torch.cat([x, x_protected]), both)
         return out[: x.shape[0]], out[x.shape[0] :]
 
+    def protect(self, x: torch.Tensor, condition: Any, seed: int = 0) -> torch.Tensor:
+        """The inner maximisation: ``attack`` run against the *current* patched generator (``seed`` re-seeds it)."""
+        if hasattr(self.attack, "seed"):
+            self.attack.seed = seed
+        return self.attack.protect(x, self.editor, condition)
+
     def compute_loss(self, x: torch.Tensor, condition: Any, attack_seed: int = 0) -> tuple[torch.Tensor, dict]:
         """The outer loss for images ``x`` under ``condition`` and its (detached) terms, with the inner attack."""
         with torch.no_grad(), self.model.disable_adapter():
             reference = self.editor.edit(x, condition)
         target = self.make_target(reference)
-        if hasattr(self.attack, "seed"):
-            self.attack.seed = attack_seed
-        x_protected = self.attack.protect(x, self.editor, condition)  # against the current patched generator
+        x_protected = self.protect(x, condition, attack_seed)
         out_clean, out_protected = self._edit_pair(x, x_protected, condition)
         target_features = self.loss.encode_targets(target)
         loss_clean, terms_clean = self.loss(out_clean, target, target_features)
@@ -254,7 +258,7 @@ class PatchTrainer:
         bad = [n for n, v in terms.items() if not torch.isfinite(v).all()]
         where = self._save_good_checkpoint()
         raise NonFiniteLossError(
-            f"The {what} became {float(value)} at step {self.step + 1} (epoch {self.epoch}, batch "
+            f"The {what} became {float(value.detach())} at step {self.step + 1} (epoch {self.epoch}, batch "
             f"{self.batch_in_epoch})" + (f" in the terms {bad}" if bad else "") + "; training stopped before the "
             f"optimiser applied it, so the patch is still the one after step {self.step}. "
             + (f"Last good checkpoint: {where}. " if where else "No checkpoint was written (set output_dir). ")
