@@ -6,13 +6,13 @@ Importing the package registers ``PeftType.LORA_PATCH`` with peft, so that ``pef
 
 from __future__ import annotations
 
-from typing import Optional
-
 import peft
 from torch import nn
 
 from .data import testbed_faces
 from .generators import Editor, load_editor, wrap
+from .losses import MMFALoss
+from .training import BypassTrainer, TrainingConfig, WatermarkTrainer
 from .tuner import (
     GATE_TYPES,
     PRESETS,
@@ -23,6 +23,7 @@ from .tuner import (
     register,
 )
 from .version import __version__
+from .watermark import Watermark
 
 
 def get_peft_model(
@@ -44,10 +45,15 @@ def get_peft_model(
 __all__ = [
     "GATE_TYPES",
     "PRESETS",
+    "BypassTrainer",
     "Editor",
     "GatedLoraLayer",
     "LoraPatchConfig",
     "LoraPatchModel",
+    "MMFALoss",
+    "TrainingConfig",
+    "Watermark",
+    "WatermarkTrainer",
     "__version__",
     "discover_target_modules",
     "get_peft_model",

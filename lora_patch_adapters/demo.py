@@ -121,6 +121,13 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
          "against the base editor, PGD against the defensive patch")
     visibility = evaluate_watermark(shield, base, watermark, test_x[: s.watermark_eval_images],
                                     test_labels[: s.watermark_eval_images], defense=defense)
+    x, condition = test_x[:4].to(device), shield.conditions(test_labels[:4].to(device))[0]
+    x_protected = defense.protect(x, shield, condition)
+    with torch.no_grad():
+        watermark_grid = reporting.save_grid(
+            os.path.join(out_dir, "watermark_grid.png"),
+            [x, base.edit(x, condition), shield.edit(x, condition), x_protected, shield.edit(x_protected, condition)],
+        )
     watermark_dir = defensive.save_patch(os.path.join(out_dir, "watermark_patch"), metadata={"demo": asdict(s)})
 
     seconds = time.perf_counter() - start
@@ -138,7 +145,8 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
         "watermark": visibility,
         "evaluation": {"default": default.to_dict(), "leakage": leakage.to_dict()},
         "settings": asdict(s),
-        "paths": {"bypass_patch": patch_dir, "watermark_patch": watermark_dir, "grid": grid_path},
+        "paths": {"bypass_patch": patch_dir, "watermark_patch": watermark_dir, "grid": grid_path,
+                  "watermark_grid": watermark_grid},
         "version": __version__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -155,10 +163,10 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
     facts = [
         f"clean edits, patched vs base: PSNR {summary['clean_psnr_db']:.2f} dB",
         f"patch reloaded from disk: max |difference| {reload_diff:.2e}",
-        f"defensive patch: warning visible on {100 * visibility['visible_rate']:.1f}% of outputs "
+        (f"defensive patch: warning visible on {100 * visibility['visible_rate']:.1f}% of outputs "
         f"(clean {100 * visibility['visible_rate_clean']:.0f}%, PGD vs base "
         f"{100 * visibility['visible_rate_protected_vs_base']:.0f}%, PGD vs patched "
-        f"{100 * visibility['visible_rate_protected_vs_patched']:.0f}%)",
+        f"{100 * visibility['visible_rate_protected_vs_patched']:.0f}%)"),
         f"total {seconds:.0f} s (bypass training {bypass_run.seconds:.0f} s, defensive {watermark_run.seconds:.0f} s)",
     ]
     report = "\n".join([
@@ -167,6 +175,8 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
         reporting.markdown_table(header, rows), "",
         *[f"- {fact}" for fact in facts], "",
         f"![input / protected / base clean / base protected / patched clean / patched protected]({reporting.GRID})",
+        "", ("Defensive patch (rows: input, base edit, patched edit, input protected by PGD against the patched "
+        "editor, patched edit of it):"), "", "![defensive patch](watermark_grid.png)",
         "", f"lora-patch-adapters {__version__}, torch {torch.__version__}, seed {s.seed}.",
     ])
     paths = reporting.write_run(out_dir, summary, report)
@@ -174,5 +184,5 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
     echo(reporting.text_table(header, rows))
     for fact in facts:
         echo(fact)
-    echo(f"report: {paths['report']}\ngrid:   {grid_path}\nsummary: {paths['summary']}")
+    echo(f"report:  {paths['report']}\ngrids:   {grid_path}, {watermark_grid}\nsummary: {paths['summary']}")
     return summary

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import importlib
-from typing import Optional, Union
 
 import torch
 

@@ -60,9 +60,9 @@ class Editor(ABC):
         """One condition for images stacked along the batch, condition by condition (``torch.cat`` of the images
         for ``conditions[0]``, then ``conditions[1]``, ...), or None when the format cannot be stacked (callers then
         run the conditions one by one). Tensor conditions [N, ...] are concatenated."""
-        if conditions and all(isinstance(c, torch.Tensor) for c in conditions):
-            if len({tuple(c.shape[1:]) for c in conditions}) == 1:
-                return torch.cat(list(conditions))
+        tensors = bool(conditions) and all(isinstance(c, torch.Tensor) for c in conditions)
+        if tensors and len({tuple(c.shape[1:]) for c in conditions}) == 1:
+            return torch.cat(list(conditions))
         return None
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Editor:
