@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "anti_forgery: 100 Adam steps)")
     evaluate.add_argument("--batch-size", type=positive_int, metavar="N", default=16,
                           help="images per batch (default: 16)")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the offline demo on the testbed editor (a few minutes on a CPU)",
@@ -523,7 +524,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary["patch_config"] = {k: v for k, v in summary["patch_config"].items() if _plain(v)}
     if args.kind == "bypass":
         results = [evaluate_defense(defense, base, eval_x, eval_labels, patched=editor, scenario=scenario,
-                                    grid_path=grid_path if scenario == "default" else None)
+                                    grid_path=grid_path if scenario == "default" else None,
+                                    progress=not args.no_progress)
                    for scenario in ("default", "leakage")]
         default, leakage = results
         summary.update({
@@ -546,7 +548,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"({reporting.GRID})"),
         ]
     else:
-        visibility = evaluate_watermark(editor, base, watermark, eval_x, eval_labels, defense=defense)
+        visibility = evaluate_watermark(editor, base, watermark, eval_x, eval_labels, defense=defense,
+                                        progress=not args.no_progress)
         summary.update({"watermark_visible_rate": visibility["visible_rate"], "watermark": visibility,
                         "watermark_settings": watermark.to_dict()})
         _watermark_grid(grid_path, editor, base, defense, eval_x, eval_labels)
@@ -690,7 +693,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for scenario in scenarios:
             results.append(evaluate_defense(
                 defense, base, images, labels, patched=editor, scenario=scenario, batch_size=args.batch_size,
-                fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path))
+                fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path,
+                progress=not args.no_progress))
     print(compare(results))
     header, rows = _evaluation_rows(results)
     summary = _environment(args, args.argv)
@@ -703,7 +707,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     body = [reporting.markdown_table(header, rows)]
     if watermark is not None:
         visibility = evaluate_watermark(editor, base, watermark, images, labels, defense=_make_defense("pgd", args),
-                                        batch_size=args.batch_size)
+                                        batch_size=args.batch_size, progress=not args.no_progress)
         summary.update({"watermark_visible_rate": visibility["visible_rate"], "watermark": visibility})
         v_header, v_rows = _visibility_rows(visibility)
         print(reporting.text_table(v_header, v_rows))

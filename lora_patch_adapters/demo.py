@@ -90,8 +90,9 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
          "patching (default scenario), and recomputed on the patched editor (leakage scenario)")
     grid_path = os.path.join(out_dir, reporting.GRID)
     default = evaluate_defense(defense, base, test_x, test_labels, patched=editor, scenario="default",
-                               grid_path=grid_path)
-    leakage = evaluate_defense(defense, base, test_x, test_labels, patched=editor, scenario="leakage")
+                               grid_path=grid_path, progress=progress)
+    leakage = evaluate_defense(defense, base, test_x, test_labels, patched=editor, scenario="leakage",
+                               progress=progress)
 
     # 4: save, reload, compare
     patch_dir = bypass.save_patch(os.path.join(out_dir, "bypass_patch"), metadata={"demo": asdict(s)})
@@ -120,7 +121,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
     echo(f"[5/5] is the warning visible? {s.watermark_eval_images} held-out faces x {targets} targets: clean, PGD "
          "against the base editor, PGD against the defensive patch")
     visibility = evaluate_watermark(shield, base, watermark, test_x[: s.watermark_eval_images],
-                                    test_labels[: s.watermark_eval_images], defense=defense)
+                                    test_labels[: s.watermark_eval_images], defense=defense, progress=progress)
     x, condition = test_x[:4].to(device), shield.conditions(test_labels[:4].to(device))[0]
     x_protected = defense.protect(x, shield, condition)
     with torch.no_grad():

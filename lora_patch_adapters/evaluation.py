@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torchvision
+from tqdm.auto import tqdm
 
 from . import metrics
 from .defenses.base import Defense, check_image_range, check_positive_int
@@ -94,6 +95,7 @@ def evaluate_defense(
     fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     grid_path: str | None = None,
     grid_images: int = 4,
+    progress: bool = False,
 ) -> EvaluationResult:
     """Run the protocol on ``images`` [N, 3, H, W] in [-1, 1] with source ``labels`` [N, A] (targets come from
     ``base.conditions(labels)``).
@@ -103,7 +105,7 @@ def evaluate_defense(
     all conditions jointly. Universal defenses (CMUA) are fitted on a copy with ``fit_data`` (images, labels) against
     the scenario's editor when given, otherwise their current perturbation is used. ``grid_path``: a PNG of the first
     ``grid_images`` images for the first condition, rows: input, protected, base clean, base protected, patched
-    clean, patched protected.
+    clean, patched protected. ``progress``: show a progress bar.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}.")
@@ -128,6 +130,8 @@ def evaluate_defense(
     linf, protected_psnr = 0.0, 0.0
     n_samples, n_conditions = 0, None
     grid_rows: list[torch.Tensor] | None = None
+    bar = tqdm(total=images.shape[0], disable=not progress, unit="image", dynamic_ncols=True,
+               desc=f"{getattr(defense, 'name', 'defense')} ({scenario})")
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device)
         conditions = base.conditions(labels[start : start + batch_size].to(device))
@@ -158,6 +162,9 @@ def evaluate_defense(
                         x, x_protected, reference, outputs["base_protected"], outputs["patched_clean"],
                         outputs["patched_protected"],
                     )]
+        bar.update(x.shape[0])
+        bar.set_postfix({"disrupted base": disrupted["base"], "patched": disrupted["patched"]}, refresh=False)
+    bar.close()
     if grid_rows is not None:
         grid = torchvision.utils.make_grid(torch.cat(grid_rows), nrow=grid_rows[0].shape[0], normalize=True,
                                            value_range=(-1, 1), padding=2)

@@ -1,4 +1,4 @@
-"""The README's main job (examples/quickstart.py) runs end to end and reports what it did."""
+"""The quickstart example (examples/quickstart.py) and the custom-generator example run end to end."""
 
 from __future__ import annotations
 

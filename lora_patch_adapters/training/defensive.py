@@ -13,6 +13,7 @@ from typing import Any
 
 import peft
 import torch
+from tqdm.auto import tqdm
 
 from ..defenses.base import Defense
 from ..defenses.pgd import PGD
@@ -69,18 +70,22 @@ def evaluate_watermark(
     labels: torch.Tensor,
     defense: Defense | None = None,
     batch_size: int = 16,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Is the warning visible on the patched editor's outputs, for clean and for protected inputs?
 
     ``defense`` (default PGD eps 0.05) protects every image against the *patched* editor (the strongest case: the
     perturbation tries to move the output away from the warned edit) and against the base editor. Returns the
-    visible fractions per input kind and overall (``visible_rate``), and mean visibility scores.
+    visible fractions per input kind and overall (``visible_rate``), and mean visibility scores. ``progress``: show
+    a progress bar.
     """
     defense = defense if defense is not None else PGD()
     device = base.device
     counts = {"clean": 0, "protected_vs_base": 0, "protected_vs_patched": 0}
     scores: dict[str, float] = {}
     n = 0
+    bar = tqdm(total=images.shape[0], disable=not progress, unit="image", desc="watermark visibility",
+               dynamic_ncols=True)
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device)
         conditions = base.conditions(labels[start : start + batch_size].to(device))
@@ -100,6 +105,8 @@ def evaluate_watermark(
                             key = f"{kind}_{name}"
                             scores[key] = scores.get(key, 0.0) + float(values.float().sum())
             n += x.shape[0]
+        bar.update(x.shape[0])
+    bar.close()
     rates = {f"visible_rate_{k}": v / n for k, v in counts.items()}
     return {"visible_rate": sum(counts.values()) / (3 * n), **rates, "samples_per_kind": n,
             **{k: v / n for k, v in scores.items()}}

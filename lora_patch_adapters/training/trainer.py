@@ -20,6 +20,7 @@ optimiser + RNG + loop position) that resume to exactly the same result as an un
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -357,8 +358,6 @@ class PatchTrainer:
 
     def save_patch(self, directory: str, metadata: dict[str, Any] | None = None) -> str:
         """Save the trained patch (``save_pretrained`` files directly in ``directory``) and ``training.json``."""
-        import json
-
         os.makedirs(directory, exist_ok=True)
         ckpt.save_patch_files(self.model, self.adapter_name, directory)
         record = {"kind": self.kind, "steps": self.step, "epochs_completed": self.epoch,
