@@ -46,7 +46,7 @@ class DemoSettings:
     seed: int = 0
     train_images: int = 128
     batch_size: int = 4
-    bypass_lr: float = 2e-3
+    bypass_lr: float = 3e-3
     bypass_inner_steps: int = 5
     rank: int = 8
     eval_images: int = 12
