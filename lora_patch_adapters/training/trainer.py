@@ -238,13 +238,13 @@ class PatchTrainer:
             for k, (images, condition) in enumerate(group):
                 loss, terms = self.compute_loss(images, condition, derive_seed(self.config.seed, self.step, g, k))
                 loss = loss / len(group)
-                self._check_finite("loss", loss, terms)
+                self._check_finite("loss", loss, terms, applied=g)
                 loss.backward()
                 for name, value in {"loss": loss.detach(), **{n: v / len(group) for n, v in terms.items()}}.items():
                     totals[name] = totals.get(name, 0.0) + float(value) / len(groups)
             max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
-            self._check_finite("gradient norm", norm, {})
+            self._check_finite("gradient norm", norm, {}, applied=g)
             norms.append(float(norm))
             self.optimizer.step()
         self.step += 1
@@ -253,15 +253,22 @@ class PatchTrainer:
         self.history.append(record)
         return record
 
-    def _check_finite(self, what: str, value: torch.Tensor, terms: dict) -> None:
+    def _check_finite(self, what: str, value: torch.Tensor, terms: dict, applied: int = 0) -> None:
+        """Stop on NaN/Inf. ``applied``: optimiser steps of this batch already taken (per-condition schedule)."""
         if torch.isfinite(value).all():
             return
         bad = [n for n, v in terms.items() if not torch.isfinite(v).all()]
-        where = self._save_good_checkpoint()
+        if applied:  # the patch in memory is part-way through this batch: it is not a resumable state
+            where = self.checkpoints[-1] if self.checkpoints else None
+            state = (f"the optimiser had already applied {applied} of this batch's per-condition steps, so the patch "
+                     "in memory is part-way through it")
+        else:
+            where = self._save_good_checkpoint()
+            state = f"training stopped before the optimiser applied it, so the patch is still the one after step " \
+                    f"{self.step}"
         raise NonFiniteLossError(
             f"The {what} became {float(value.detach())} at step {self.step + 1} (epoch {self.epoch}, batch "
-            f"{self.batch_in_epoch})" + (f" in the terms {bad}" if bad else "") + "; training stopped before the "
-            f"optimiser applied it, so the patch is still the one after step {self.step}. "
+            f"{self.batch_in_epoch})" + (f" in the terms {bad}" if bad else "") + f"; {state}. "
             + (f"Last good checkpoint: {where}. " if where else "No checkpoint was written (set output_dir). ")
             + "Lower the learning rate or enable gradient clipping (grad_clip / --grad-clip)."
         )

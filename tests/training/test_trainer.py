@@ -239,3 +239,22 @@ def test_saved_patch_reloads_with_training_record(tmp_path, pixel_loss):
     condition = editor.conditions(labels)[2]
     with torch.no_grad():
         assert torch.equal(fresh.edit(x, condition), editor.edit(x, condition))
+
+
+def test_non_finite_mid_batch_in_the_per_condition_schedule_names_the_last_periodic_checkpoint(tmp_path, pixel_loss):
+    trainer = BypassTrainer(tiny_editor(), patch=KAIMING, loss=pixel_loss, attack=PatternAttack(),
+                            config=quick_config(max_steps=3, checkpoint_every=1, schedule="per_condition"),
+                            output_dir=str(tmp_path))
+    original_forward = trainer.loss.forward
+    calls = {"n": 0}
+
+    def poisoned(output, target, target_features=None):
+        calls["n"] += 1
+        loss, terms = original_forward(output, target, target_features)
+        # 2 loss calls (clean, protected) per condition, 5 conditions per step: call 17 = step 2, condition 4
+        return (loss * float("nan"), terms) if calls["n"] == 17 else (loss, terms)
+
+    trainer.loss.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"already applied 3 of this batch.*step-000001"):
+        trainer.train(tiny_data(6))
+    assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-000001"]
