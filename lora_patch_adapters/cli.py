@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_hub import add_hub_commands
 from .version import __version__
 
 # Kept literal so that building the parser (``--help``, ``--version``) imports no torch; tests check that they match
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--quick", action="store_true", help="a fast smoke run (numbers meaningless)")
     demo.set_defaults(func=_cmd_demo)
+
+    add_hub_commands(sub)  # push, pull, inspect
     return parser
 
 
@@ -659,10 +662,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     args.defense = names
     scenarios = ["default", "leakage"] if args.scenario == "both" else [args.scenario]
 
-    import peft
-
     from . import reporting
     from .evaluation import compare, evaluate_defense
+    from .patch_io import load_patch
     from .training import evaluate_watermark
     from .watermark import Watermark
 
@@ -673,7 +675,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     editor = _load_editor(args, generator)
     base = _load_editor(args, generator)
     try:
-        peft.PeftModel.from_pretrained(editor.generator, args.patch)  # patches editor.generator in place
+        load_patch(editor, args.patch)  # validated before it touches the generator; patches it in place
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise CLIError(f"cannot load the patch {args.patch!r} onto {generator}: {_one_line(exc)[:500]}")
     images, labels = _images(args, editor, generator, "test", args.split, args.images, 50)
@@ -732,12 +734,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _runtime_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean bad input or settings (one-line error, exit 1), not bugs."""
     from .generators.checkpoints import CheckpointError
+    from .hub import HubError
     from .losses import EncoderUnavailableError
     from .training import CheckpointError as TrainingCheckpointError
     from .training import NonFiniteLossError
 
     return (CLIError, CheckpointError, TrainingCheckpointError, EncoderUnavailableError, NonFiniteLossError,
-            OSError, ValueError, TypeError)
+            HubError, OSError, ValueError, TypeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

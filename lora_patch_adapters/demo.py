@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import peft
 import torch
 
 from . import reporting
@@ -28,6 +27,7 @@ from .defenses.pgd import PGD
 from .evaluation import evaluate_defense
 from .generators import load_editor
 from .losses import MMFALoss
+from .patch_io import load_patch
 from .training import BypassTrainer, TrainingConfig, WatermarkTrainer, evaluate_watermark
 from .tuner.config import LoraPatchConfig
 from .version import __version__
@@ -97,7 +97,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
     # 4: save, reload, compare
     patch_dir = bypass.save_patch(os.path.join(out_dir, "bypass_patch"), metadata={"demo": asdict(s)})
     fresh = load_editor("testbed", device=device)
-    peft.PeftModel.from_pretrained(fresh.generator, patch_dir)  # patches fresh.generator in place
+    load_patch(fresh, patch_dir)  # validated (names, shapes, values, base fingerprint), then patches fresh in place
     with torch.no_grad():
         x = test_x.to(device)
         reload_diff = max((fresh.edit(x, c) - editor.edit(x, c)).abs().max().item()

@@ -364,13 +364,16 @@ class PatchTrainer:
                               history=list(self.history), checkpoints=list(self.checkpoints))
 
     def save_patch(self, directory: str, metadata: dict[str, Any] | None = None) -> str:
-        """Save the trained patch (``save_pretrained`` files directly in ``directory``) and ``training.json``."""
-        os.makedirs(directory, exist_ok=True)
-        ckpt.save_patch_files(self.model, self.adapter_name, directory)
+        """Save the trained patch with :func:`lora_patch_adapters.patch_io.save_patch` (atomic; base-model
+        fingerprint, package version and this training record in ``lora_patch.json``), plus ``training.json``."""
+        from ..patch_io import save_patch  # imported here: patch_io imports the tuner, which the trainer also needs
+
         record = {"kind": self.kind, "steps": self.step, "epochs_completed": self.epoch,
                   "config": self.config.to_dict(), "attack": repr(self.attack),
                   "loss": self.loss.describe() if hasattr(self.loss, "describe") else repr(self.loss),
                   **(metadata or {})}
+        record = json.loads(json.dumps(record, default=str))
+        directory = save_patch(self.model, directory, self.adapter_name, metadata=record)
         with open(os.path.join(directory, "training.json"), "w") as f:
             json.dump(record, f, indent=1, sort_keys=True)
         return directory

@@ -122,6 +122,16 @@ class LoraPatchConfig(PeftConfig):
             "Input-adaptive gates always run two branches."
         },
     )
+    base_fingerprint: str | None = field(
+        default=None,
+        metadata={
+            "help": "'sha256:<hex>' fingerprint of the base weights of the targeted layers the patch was saved from "
+            "(written by lora_patch_adapters.patch_io.save_patch; see patch_io.base_fingerprint). When set, "
+            "injecting the patch into a model whose targeted layers differ raises FingerprintMismatchError (opt out: "
+            "load_patch(..., allow_fingerprint_mismatch=True), or LORA_PATCH_ALLOW_FINGERPRINT_MISMATCH=1 for plain "
+            "peft loading). Set it to None to start a new patch on another base from a loaded config."
+        },
+    )
 
     def __post_init__(self) -> None:
         ensure_peft_type()
@@ -139,6 +149,11 @@ class LoraPatchConfig(PeftConfig):
         self.exclude_modules = _normalise_names("exclude_modules", self.exclude_modules)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+        if self.base_fingerprint is not None and not isinstance(self.base_fingerprint, str):
+            raise TypeError(
+                "LoraPatchConfig.base_fingerprint must be None or a 'sha256:<hex>' string, "
+                f"got {self.base_fingerprint!r}."
+            )
 
     @property
     def scale(self) -> float:

@@ -74,6 +74,13 @@ class LoraPatchModel(BaseTuner):
                     + "; name the layers with target_modules."
                 )
             self.peft_config[adapter_name] = config
+        if getattr(config, "base_fingerprint", None):
+            # A saved patch records the base weights it was trained on; refuse other weights before touching the
+            # model (plain peft.PeftModel.from_pretrained / load_adapter land here). Imported lazily: patch_io
+            # imports the tuner.
+            from ..patch_io import verify_injection_fingerprint
+
+            verify_injection_fingerprint(model, config, adapter_name)
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         # peft may shrink a long list to a set of suffixes; keep the saved config explicit and ordered.
         if discovered is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import peft
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.patch_io import base_fingerprint
 from lora_patch_adapters.training import BypassTrainer, NonFiniteLossError, list_checkpoints
 from lora_patch_adapters.training.checkpoint import CheckpointError
 from lora_patch_adapters.tuner.config import LoraPatchConfig
@@ -232,7 +234,11 @@ def test_saved_patch_reloads_with_training_record(tmp_path, pixel_loss):
     trainer.train(tiny_data(2))
     path = trainer.save_patch(str(tmp_path / "patch"), metadata={"note": "test"})
     assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                        "training.json"]
+                                        "lora_patch.json", "training.json"]
+    with open(os.path.join(path, "lora_patch.json")) as f:
+        info = json.load(f)
+    assert info["training"]["note"] == "test" and info["training"]["steps"] == 1
+    assert info["base_fingerprint"] == base_fingerprint(tiny_editor(seed=0).generator, info["target_modules"])
     fresh = tiny_editor(seed=0)
     peft.PeftModel.from_pretrained(fresh.generator, path)
     x, labels = tiny_data(2, seed=9)
