@@ -133,7 +133,7 @@ class AntiForgery(Defense):
         shape = (x.shape[0], 2, x.shape[2], x.shape[3])
         like = torch.empty(shape, device=x.device, dtype=_work_dtype(x))
         if self.random_start:
-            return seeded_uniform(like, self.ab_eps, self.seed)
+            return seeded_uniform(like, self.ab_eps, self.seed, self.noise_rows)
         return torch.zeros_like(like)
 
     def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:

@@ -9,8 +9,10 @@ their ``seed``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
 import torch
@@ -19,6 +21,19 @@ import torch.nn.functional as F
 from ..generators.base import Editor, check_images
 
 Conditions = Union[Any, Sequence[Any]]
+
+_inputs_checked = contextvars.ContextVar("lora_patch_inputs_checked", default=False)
+
+
+@contextlib.contextmanager
+def inputs_already_checked() -> Iterator[None]:
+    """Inside this context :meth:`Defense.protect` skips its [-1, 1] range check (reading the range back from a GPU
+    stalls the pipeline); for callers that validated the images themselves, e.g. on the CPU before the copy."""
+    token = _inputs_checked.set(True)
+    try:
+        yield
+    finally:
+        _inputs_checked.reset(token)
 
 
 def check_eps(eps: float, name: str = "eps") -> float:
@@ -73,11 +88,28 @@ def clean_edits(editor: Editor, x: torch.Tensor, conditions: list) -> list:
     return [editor.edit(x, condition).detach() for condition in conditions]
 
 
-def seeded_uniform(like: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
-    """U(-eps, eps) noise shaped like ``like``, drawn on the CPU from ``seed`` (the same on every device)."""
+NoiseRows = tuple[Sequence[int], int]
+
+
+def seeded_uniform(like: torch.Tensor, eps: float, seed: int, rows: NoiseRows | None = None) -> torch.Tensor:
+    """U(-eps, eps) noise shaped like ``like``, drawn on the CPU from ``seed`` (the same on every device).
+
+    ``rows=(indices, total)``: ``like`` holds rows ``indices`` of a batch of ``total`` rows; the noise is drawn for
+    the whole batch and those rows are returned, so a shard of a batch (one process of a data-parallel run) gets the
+    same noise as the full batch in one process.
+    """
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.rand(like.shape, generator=generator, dtype=torch.float32) * 2 - 1
-    return (noise * eps).to(device=like.device, dtype=like.dtype)
+    if rows is None:
+        noise = torch.rand(like.shape, generator=generator, dtype=torch.float32)
+    else:
+        indices, total = rows
+        if len(indices) != like.shape[0] or any(not 0 <= i < total for i in indices):
+            raise ValueError(f"rows must name {like.shape[0]} row indices in [0, {total}), got {list(indices)}.")
+        noise = torch.rand((total, *like.shape[1:]), generator=generator, dtype=torch.float32)[list(indices)]
+    noise = (noise * 2 - 1) * eps
+    if like.device.type == "cuda":  # pinned + non-blocking: a pageable copy would synchronise with the GPU
+        return noise.pin_memory().to(device=like.device, dtype=like.dtype, non_blocking=True)
+    return noise.to(device=like.device, dtype=like.dtype)
 
 
 class Defense(ABC):
@@ -85,10 +117,15 @@ class Defense(ABC):
 
     name: str = "defense"
     eps: float = 0.05
+    # set by data-parallel trainers for one call: the images are these rows of a larger batch (see seeded_uniform)
+    noise_rows: NoiseRows | None = None
 
     def protect(self, x: torch.Tensor, editor: Editor, condition: Conditions) -> torch.Tensor:
         """Protected images [N, 3, H, W] in [-1, 1], within ``eps`` of ``x`` (L-inf); ``x`` is not modified."""
-        check_image_range(x)
+        if not _inputs_checked.get():
+            check_image_range(x)
+        else:
+            check_images(x)
         if not isinstance(editor, Editor):
             raise TypeError(
                 f"protect() needs an Editor (see lora_patch_adapters.load_editor / wrap), got {type(editor).__name__}."

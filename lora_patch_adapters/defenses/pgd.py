@@ -42,7 +42,7 @@ class IFGSM(Defense):
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         radius = self.eps if self.random_start else self.eps / 100  # see the module docstring
-        return project(x + seeded_uniform(x, radius, self.seed), x, self.eps)
+        return project(x + seeded_uniform(x, radius, self.seed, self.noise_rows), x, self.eps)
 
     def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:
         references = clean_edits(editor, x, conditions)

@@ -8,6 +8,8 @@ from typing import Any
 
 SCHEDULES = ("batched", "per_condition")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
@@ -48,6 +50,13 @@ class TrainingConfig:
     checkpoint_every: int | None = None  # steps between checkpoints (needs an output directory); None: only final
     keep_checkpoints: int = 2  # the most recent checkpoints kept on disk
     progress: bool = True  # show a tqdm progress bar
+    # ---- the fast path (see lora_patch_adapters.training.runtime); None / "auto": on for CUDA devices, off otherwise
+    fast: bool | None = None  # no host syncs per step (records read back every log_every steps), fused Adam
+    precision: str = "auto"  # "bf16": bf16 autocast; "fp32"; "auto": bf16 on the fast path where the device has it
+    channels_last: bool | None = None  # NHWC activations and kernels; None: follows ``fast``
+    compile: str | None = None  # torch.compile mode for the generator ("default", "reduce-overhead" = CUDA graphs,
+    #                             "max-autotune"); None: eager
+    cache_references: bool = False  # keep the frozen base's clean edits across epochs (needs deterministic data)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with checkpoints and reports
 
     def __post_init__(self) -> None:
@@ -69,6 +78,17 @@ class TrainingConfig:
         _positive_int("log_every", self.log_every)
         _positive_int("checkpoint_every", self.checkpoint_every, allow_none=True)
         _positive_int("keep_checkpoints", self.keep_checkpoints)
+        for name in ("fast", "channels_last"):
+            if not (getattr(self, name) is None or isinstance(getattr(self, name), bool)):
+                raise ValueError(f"TrainingConfig.{name} must be True, False or None (automatic), "
+                                 f"got {getattr(self, name)!r}.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainingConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}.")
+        if self.compile is not None and self.compile not in COMPILE_MODES:
+            raise ValueError(f"TrainingConfig.compile must be None or one of {list(COMPILE_MODES)}, "
+                             f"got {self.compile!r}.")
+        if not isinstance(self.cache_references, bool):
+            raise TypeError(f"TrainingConfig.cache_references must be True or False, got {self.cache_references!r}.")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of 0-based ``step`` out of ``total_steps``."""

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from ..defenses.base import Defense
+from ..defenses.base import Defense, check_image_range, inputs_already_checked
 from ..defenses.pgd import PGD
 from ..generators.base import Editor
 from ..losses import MMFALoss
@@ -40,6 +40,8 @@ from ..tuner.config import LoraPatchConfig
 from ..tuner.layer import GatedLoraLayer
 from . import checkpoint as ckpt
 from .config import TrainingConfig
+from .distributed import Shard, distributed_context, pack, unpack
+from .runtime import frozen, resolve_runtime
 from .seeding import derive_seed, seed_everything, set_rng_state
 
 TrainingData = Union[Dataset, tuple[torch.Tensor, torch.Tensor]]
@@ -47,6 +49,19 @@ TrainingData = Union[Dataset, tuple[torch.Tensor, torch.Tensor]]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the gradient became NaN/Inf; the step was not applied."""
+
+
+@dataclass
+class _Pending:
+    """A fast-path step whose numbers are still on the device: loop position before the step, learning rate, host
+    start time, loss terms, max gradient norm, and one non-finite flag per optimiser step."""
+
+    position: tuple[int, int, int]
+    lr: float
+    start: float
+    terms: dict[str, torch.Tensor]
+    grad_norm: torch.Tensor
+    flags: torch.Tensor
 
 
 @dataclass
@@ -134,16 +149,30 @@ class PatchTrainer:
             raise TypeError(f"config must be a TrainingConfig, got {type(self.config).__name__}.")
         if attack is not None and not isinstance(attack, Defense):
             raise TypeError(f"attack must be a lora_patch_adapters.defenses Defense, got {type(attack).__name__}.")
+        self.dist = distributed_context(editor.device)
+        if self.dist.enabled and editor.device.type == "cuda":  # one device per process
+            torch.cuda.set_device(self.dist.local_rank)
+            editor.to(f"cuda:{self.dist.local_rank}")
         seed_everything(self.config.seed)  # before the patch is created: its initialisation draws from torch's RNG
         self.editor = editor
         self.adapter_name = adapter_name
         self.model = self._attach(editor, patch, adapter_name)
+        self.runtime = resolve_runtime(self.config, editor.device)
         self.attack = copy.deepcopy(attack) if attack is not None else PGD(eps=0.05, steps=10, step_size=0.01)
         self.loss = (loss if loss is not None else self.default_loss()).to(editor.device)
         self.parameters = patch_parameters(self.model)
         if not self.parameters:
             raise ValueError("The patch has no trainable parameters (was it loaded without is_trainable=True?).")
-        self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.lr, betas=self.config.betas)
+        self.dist.broadcast_(self.parameters)  # every rank starts from rank 0's patch
+        if self.runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.runtime.compile_mode is not None:
+            editor.generator.compile(mode=self.runtime.compile_mode)
+        # the fast path's fused Adam can skip a step on the device (found_inf) instead of checking on the host
+        self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.lr, betas=self.config.betas,
+                                          **({"fused": True} if self.runtime.fast else {}))
+        self._skip: torch.Tensor | None = None  # fast path: sticky "a step was non-finite" flag on the device
+        self._reference_cache: dict[tuple, torch.Tensor] = {}
         self.output_dir = output_dir
         self.step = 0
         self.epoch = 0
@@ -184,15 +213,26 @@ class PatchTrainer:
         return peft.get_peft_model(editor.generator, config, adapter_name=adapter_name)
 
     # -------------------------------------------------------------------------------------------------- the step
+    def _conditions(self, labels: torch.Tensor) -> list[Any]:
+        """Target conditions built from CPU labels (their validation reads values) and moved to the device."""
+        return self.runtime.to_device(self.editor.conditions(labels.cpu()))
+
     def _condition_groups(self, x: torch.Tensor, labels: torch.Tensor) -> list[list[tuple[torch.Tensor, Any]]]:
         """Optimiser steps for one batch, each a list of (images, condition) forwards whose mean loss it takes."""
-        conditions = self.editor.conditions(labels)
+        conditions = self._conditions(labels)
         if self.config.schedule == "per_condition":
             return [[(x, c)] for c in conditions]
         stacked = self.editor.concat_conditions(conditions)
         if stacked is None:  # condition objects that cannot be stacked (HiSD): same maths, one forward each
             return [[(x, c) for c in conditions]]
         return [[(x.repeat(len(conditions), 1, 1, 1), stacked)]]
+
+    def _row_layout(self, group: int, item: int, rows: int, images: int) -> list[tuple[int, int]]:
+        """(condition slot, image position) of every row of the forward ``item`` of optimiser step ``group``."""
+        if rows > images:  # all conditions stacked, condition by condition
+            return [(r // images, r % images) for r in range(rows)]
+        slot = group if self.config.schedule == "per_condition" else item
+        return [(slot, r) for r in range(rows)]
 
     def _edit_pair(self, x: torch.Tensor, x_protected: torch.Tensor, condition: Any) -> tuple[torch.Tensor, ...]:
         """Patched outputs on the clean and the protected images, in one forward when the condition stacks."""
@@ -202,62 +242,213 @@ class PatchTrainer:
         out = self.editor.edit(torch.cat([x, x_protected]), both)
         return out[: x.shape[0]], out[x.shape[0] :]
 
-    def protect(self, x: torch.Tensor, condition: Any, seed: int = 0) -> torch.Tensor:
-        """The inner maximisation: ``attack`` run against the *current* patched generator (``seed`` re-seeds it)."""
+    def protect(self, x: torch.Tensor, condition: Any, seed: int = 0,
+                noise_rows: tuple[list[int], int] | None = None) -> torch.Tensor:
+        """The inner maximisation: ``attack`` run against the *current* patched generator (``seed`` re-seeds it;
+        ``noise_rows`` places ``x`` in a larger batch, see :func:`~lora_patch_adapters.defenses.base.seeded_uniform`).
+        On the fast path the patch is frozen meanwhile (input-only gradients; one composed kernel per layer)."""
         if hasattr(self.attack, "seed"):
             self.attack.seed = seed
-        return self.attack.protect(x, self.editor, condition)
+        set_rows = noise_rows is not None and hasattr(self.attack, "noise_rows")
+        if set_rows:
+            self.attack.noise_rows = noise_rows
+        try:
+            if not self.runtime.fast:
+                return self.attack.protect(x, self.editor, condition)
+            with frozen(self.parameters), inputs_already_checked():
+                return self.attack.protect(x, self.editor, condition)
+        finally:
+            if set_rows:
+                del self.attack.noise_rows  # back to the class default (keeps repr(attack) clean)
 
-    def compute_loss(self, x: torch.Tensor, condition: Any, attack_seed: int = 0) -> tuple[torch.Tensor, dict]:
-        """The outer loss for images ``x`` under ``condition`` and its (detached) terms, with the inner attack."""
+    def _reference(self, x: torch.Tensor, condition: Any, cache_keys: list[tuple] | None) -> torch.Tensor:
+        """The frozen base generator's clean edit, from the cross-epoch cache when every row is in it."""
+        if cache_keys is not None and all(k in self._reference_cache for k in cache_keys):
+            return torch.stack([self._reference_cache[k] for k in cache_keys])
         with torch.no_grad(), self.model.disable_adapter():
             reference = self.editor.edit(x, condition)
-        target = self.make_target(reference)
-        x_protected = self.protect(x, condition, attack_seed)
-        out_clean, out_protected = self._edit_pair(x, x_protected, condition)
-        target_features = self.loss.encode_targets(target)
-        loss_clean, terms_clean = self.loss(out_clean, target, target_features)
-        loss_protected, terms_protected = self.loss(out_protected, target, target_features)
+        if cache_keys is not None:
+            for key, row in zip(cache_keys, reference):
+                self._reference_cache[key] = row.clone()
+        return reference
+
+    def compute_loss(self, x: torch.Tensor, condition: Any, attack_seed: int = 0,
+                     noise_rows: tuple[list[int], int] | None = None,
+                     cache_keys: list[tuple] | None = None) -> tuple[torch.Tensor, dict]:
+        """The outer loss for images ``x`` under ``condition`` and its (detached) terms, with the inner attack."""
+        with self.runtime.autocast():
+            reference = self._reference(x, condition, cache_keys)
+            target = self.make_target(reference)
+            x_protected = self.protect(x, condition, attack_seed, noise_rows)
+            out_clean, out_protected = self._edit_pair(x, x_protected, condition)
+            target_features = self.loss.encode_targets(target)
+            loss_clean, terms_clean = self.loss(out_clean, target, target_features)
+            loss_protected, terms_protected = self.loss(out_protected, target, target_features)
         terms = {f"{k}_clean": v for k, v in terms_clean.items()}
         terms.update({f"{k}_protected": v for k, v in terms_protected.items()})
         return loss_clean + loss_protected, terms
 
+    def _backward_lean(self, x: torch.Tensor, condition: Any, attack_seed: int,
+                       noise_rows: tuple[list[int], int] | None, cache_keys: list[tuple] | None,
+                       scale: float) -> tuple[torch.Tensor, dict]:
+        """The fast path's :meth:`compute_loss` + backward of ``scale * loss``: the clean and the protected halves
+        are back-propagated one after the other (same gradient), so at most one half's activations are alive."""
+        with self.runtime.autocast():
+            reference = self._reference(x, condition, cache_keys)
+            target = self.make_target(reference)
+            x_protected = self.protect(x, condition, attack_seed, noise_rows)
+            target_features = self.loss.encode_targets(target)
+        total, terms = 0.0, {}
+        for suffix, images in (("clean", x), ("protected", x_protected)):
+            with self.runtime.autocast():
+                loss, half = self.loss(self.editor.edit(images, condition), target, target_features)
+            (loss * scale).backward()
+            total = total + loss.detach() * scale
+            terms.update({f"{k}_{suffix}": v for k, v in half.items()})
+        return total, terms
+
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One batch (one or, per condition, several optimiser steps); returns the step's record."""
+        self._check_batch(x)
+        pending = self._step(x, labels)
+        if isinstance(pending, _Pending):
+            return self._read_back([pending])[-1]
+        return pending
+
+    def _check_batch(self, x: torch.Tensor) -> None:
+        """The fast path's input check, on the CPU copy (the attack skips its own: on a GPU it would stall the queue;
+        off the fast path the attack checks)."""
+        if self.runtime.fast and x.device.type == "cpu":
+            check_image_range(x, "training images")
+
+    def _step(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, float] | _Pending:
+        """Run one batch. Off the fast path: checks and records on the host (a float record, appended to the
+        history). On the fast path: no host synchronisation; returns a :class:`_Pending` for :meth:`_read_back`."""
         start = time.perf_counter()
-        x = x.to(self.editor.device)
-        labels = labels.to(self.editor.device)
-        totals: dict[str, float] = {}
-        norms: list[float] = []
+        fast = self.runtime.fast
+        x = self.runtime.to_device(x)
         groups = self._condition_groups(x, labels)
+        weight = shard.weight if shard is not None and self.dist.enabled else None
+        position = (self.step, self.epoch, self.batch_in_epoch)
         lr = self.config.lr_at(self.step, self.total_steps or self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        totals: dict[str, Any] = {}
+        norms: list[Any] = []
+        flags: list[torch.Tensor] = []
         for g, group in enumerate(groups):
             self.optimizer.zero_grad(set_to_none=True)
+            group_terms: dict[str, torch.Tensor] = {}
             for k, (images, condition) in enumerate(group):
-                loss, terms = self.compute_loss(images, condition, derive_seed(self.config.seed, self.step, g, k))
-                loss = loss / len(group)
-                self._check_finite("loss", loss, terms, applied=g)
-                loss.backward()
-                for name, value in {"loss": loss.detach(), **{n: v / len(group) for n, v in terms.items()}}.items():
-                    totals[name] = totals.get(name, 0.0) + float(value) / len(groups)
+                noise_rows, cache_keys = self._rows(g, k, images.shape[0], x.shape[0], shard)
+                seed = derive_seed(self.config.seed, self.step, g, k)
+                def scaled(value: torch.Tensor) -> torch.Tensor:  # this forward's share of the step's mean loss
+                    return value / len(group) if weight is None else value * (weight / len(group))
+
+                if fast:
+                    scale = 1 / len(group) if weight is None else weight / len(group)
+                    loss, terms = self._backward_lean(images, condition, seed, noise_rows, cache_keys, scale)
+                else:
+                    loss, terms = self.compute_loss(images, condition, seed, noise_rows, cache_keys)
+                    loss = scaled(loss)
+                    if not self.dist.enabled:
+                        self._check_finite("loss", loss, terms, applied=g)
+                    loss.backward()
+                for name, value in {"loss": loss.detach(), **{n: scaled(v.detach()) for n, v in terms.items()}}.items():
+                    group_terms[name] = group_terms[name] + value if name in group_terms else value
+            if self.dist.enabled:
+                group_terms = self._all_reduce(group_terms)
+                if not fast:
+                    self._check_finite("loss", group_terms["loss"], group_terms, applied=g)
             max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
-            self._check_finite("gradient norm", norm, {}, applied=g)
-            norms.append(float(norm))
+            if fast:  # skip the update on the device (fused Adam's found_inf); reported by _read_back
+                bad = ~(torch.isfinite(group_terms["loss"]) & torch.isfinite(norm))
+                self._skip = bad if self._skip is None else self._skip | bad
+                self.optimizer.found_inf = self._skip.float()
+                flags.append(bad)
+                norms.append(norm.detach())
+            else:
+                self._check_finite("gradient norm", norm, {}, applied=g)
+                norms.append(float(norm))
             self.optimizer.step()
+            for name, value in group_terms.items():
+                value = value if fast else float(value)
+                totals[name] = totals.get(name, 0.0) + value / len(groups)
         self.step += 1
+        if fast:
+            return _Pending(position, lr, start, totals, torch.stack(norms).max(), torch.stack(flags))
         record = {"step": self.step, "epoch": self.epoch, **totals, "grad_norm": max(norms), "lr": lr,
                   "seconds": time.perf_counter() - start}
         self.history.append(record)
         return record
+
+    def _rows(self, group: int, item: int, rows: int, images: int,
+              shard: Shard | None) -> tuple[tuple[list[int], int] | None, list[tuple] | None]:
+        """Noise rows in the global batch (data-parallel runs) and reference-cache keys of one forward."""
+        if shard is None:
+            return None, None
+        layout = self._row_layout(group, item, rows, images)
+        noise_rows = None
+        if self.dist.enabled:
+            stacked = rows > images
+            per_row = [slot * shard.batch_size + shard.positions[p] if stacked else shard.positions[p]
+                       for slot, p in layout]
+            noise_rows = (per_row, shard.batch_size * (rows // images) if stacked else shard.batch_size)
+        keys = [(shard.indices[p], slot) for slot, p in layout] if self.config.cache_references else None
+        return noise_rows, keys
+
+    def _all_reduce(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum the patch gradients and the (share-weighted) loss terms over ranks in one collective."""
+        names = sorted(terms)
+        grads = [p.grad for p in self.parameters]
+        values = [terms[n].float().reshape(()) for n in names]
+        flat = self.dist.all_reduce_sum(pack(grads + values, list(self.parameters) + values))
+        unpacked = unpack(flat, list(self.parameters) + values)
+        for p, grad in zip(self.parameters, unpacked):
+            p.grad = grad
+        return dict(zip(names, unpacked[len(self.parameters) :]))
+
+    def _read_back(self, pending: list[_Pending]) -> list[dict[str, float]]:
+        """Copy fast-path records to the host in one transfer, append them to the history, and stop at the first
+        non-finite step (it and every later one were skipped on the device, so the patch is the last good one)."""
+        if not pending:
+            return []
+        names = sorted(pending[0].terms)
+        flat = torch.cat([torch.cat([torch.stack([*(p.terms[n].float().reshape(()) for n in names),
+                                                  p.grad_norm.float().reshape(())]),
+                                     p.flags.float().reshape(-1)])
+                          for p in pending]).tolist()  # the one host synchronisation
+        elapsed = (time.perf_counter() - pending[0].start) / len(pending)
+        records, offset = [], 0
+        for p in pending:
+            values = flat[offset : offset + len(names) + 1]
+            bad_groups = flat[offset + len(names) + 1 : offset + len(names) + 1 + p.flags.numel()]
+            offset += len(names) + 1 + p.flags.numel()
+            if any(bad_groups):
+                self._skip = None
+                self.optimizer.found_inf = None
+                self.step, self.epoch, self.batch_in_epoch = p.position
+                terms = dict(zip(names, values))
+                bad = [n for n, v in terms.items() if not math.isfinite(v)]
+                what = "loss" if not math.isfinite(terms.get("loss", 0.0)) else "gradient norm"
+                value = terms.get("loss") if what == "loss" else values[-1]
+                self._raise_non_finite(what, value, bad, applied=bad_groups.index(1.0))
+            step, epoch, _ = p.position
+            record = {"step": step + 1, "epoch": epoch, **dict(zip(names, values[:-1])), "grad_norm": values[-1],
+                      "lr": p.lr, "seconds": elapsed}
+            self.history.append(record)
+            records.append(record)
+        return records
 
     def _check_finite(self, what: str, value: torch.Tensor, terms: dict, applied: int = 0) -> None:
         """Stop on NaN/Inf. ``applied``: optimiser steps of this batch already taken (per-condition schedule)."""
         if torch.isfinite(value).all():
             return
         bad = [n for n, v in terms.items() if not torch.isfinite(v).all()]
+        self._raise_non_finite(what, float(value.detach()), bad, applied)
+
+    def _raise_non_finite(self, what: str, value: float, bad: list[str], applied: int) -> None:
         if applied:  # the patch in memory is part-way through this batch: it is not a resumable state
             where = self.checkpoints[-1] if self.checkpoints else None
             state = (f"the optimiser had already applied {applied} of this batch's per-condition steps, so the patch "
@@ -267,7 +458,7 @@ class PatchTrainer:
             state = f"training stopped before the optimiser applied it, so the patch is still the one after step " \
                     f"{self.step}"
         raise NonFiniteLossError(
-            f"The {what} became {float(value.detach())} at step {self.step + 1} (epoch {self.epoch}, batch "
+            f"The {what} became {value} at step {self.step + 1} (epoch {self.epoch}, batch "
             f"{self.batch_in_epoch})" + (f" in the terms {bad}" if bad else "") + f"; {state}. "
             + (f"Last good checkpoint: {where}. " if where else "No checkpoint was written (set output_dir). ")
             + "Lower the learning rate or enable gradient clipping (grad_clip / --grad-clip)."
@@ -290,6 +481,11 @@ class PatchTrainer:
     def save_checkpoint(self) -> str:
         if self.output_dir is None:
             raise ValueError("save_checkpoint needs the trainer's output_dir.")
+        if not self.dist.is_main:  # only rank 0 writes; every rank holds the same patch and optimiser state
+            path = ckpt.checkpoint_dir(self.output_dir, self.step)
+            self.checkpoints = [p for p in self.checkpoints if p != path] + [path]
+            self.checkpoints = self.checkpoints[-self.config.keep_checkpoints :]
+            return path
         path = ckpt.save_checkpoint(self.output_dir, self.model, self.adapter_name, self.optimizer,
                                     self.trainer_state(), self.config.keep_checkpoints)
         self.checkpoints = [p for p in self.checkpoints if os.path.isdir(p)] + [path]
@@ -336,26 +532,44 @@ class PatchTrainer:
             total = min(total, self.config.max_steps)
         self.total_steps = total
         start = time.perf_counter()
-        bar = tqdm(total=total, initial=min(self.step, total), disable=not self.config.progress,
+        bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.config.progress and self.dist.is_main),
                    desc=f"training {self.kind} patch", unit="step", dynamic_ncols=True)
+        pending: list[_Pending] = []
+
+        def read_back() -> None:
+            records = self._read_back(pending)
+            pending.clear()
+            if records:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in records[-1].items() if _is_term(k)}, refresh=False)
+
+        pin = self.runtime.fast and self.runtime.device.type == "cuda"
         try:
             while self.step < total:
                 batches = epoch_batches(n, self.config.batch_size, self.config.seed, self.epoch)
-                loader = DataLoader(dataset, batch_sampler=batches[self.batch_in_epoch :], num_workers=num_workers)
-                for x, labels in loader:
+                shards = [self.dist.shard(batch) for batch in batches[self.batch_in_epoch :]]
+                loader = DataLoader(dataset, batch_sampler=[s.indices for s in shards], num_workers=num_workers,
+                                    pin_memory=pin)
+                for shard, (x, labels) in zip(shards, loader):
                     if self.step >= total:
                         break
-                    record = self.train_step(x, labels)
+                    self._check_batch(x)
+                    record = self._step(x, labels, shard)
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    if self.step % self.config.log_every == 0 or self.step == total:
+                    if isinstance(record, _Pending):
+                        pending.append(record)
+                        if self.step % self.config.log_every == 0 or self.step == total:
+                            read_back()
+                    elif self.step % self.config.log_every == 0 or self.step == total:
                         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if _is_term(k)}, refresh=False)
                     if (self.output_dir is not None and self.config.checkpoint_every is not None
                             and self.step % self.config.checkpoint_every == 0):
+                        read_back()  # a checkpoint holds only verified steps
                         self.save_checkpoint()
                 if self.batch_in_epoch >= len(batches):
                     self.epoch += 1
                     self.batch_in_epoch = 0
+            read_back()
         finally:
             bar.close()
         if self.output_dir is not None and self.config.checkpoint_every is not None:
@@ -369,14 +583,18 @@ class PatchTrainer:
         from ..patch_io import save_patch  # imported here: patch_io imports the tuner, which the trainer also needs
 
         record = {"kind": self.kind, "steps": self.step, "epochs_completed": self.epoch,
-                  "config": self.config.to_dict(), "attack": repr(self.attack),
+                  "config": self.config.to_dict(), "runtime": {**self.runtime.describe(),
+                                                               "processes": self.dist.world_size},
+                  "attack": repr(self.attack),
                   "loss": self.loss.describe() if hasattr(self.loss, "describe") else repr(self.loss),
                   **(metadata or {})}
         record = json.loads(json.dumps(record, default=str))
-        directory = save_patch(self.model, directory, self.adapter_name, metadata=record)
-        with open(os.path.join(directory, "training.json"), "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        return directory
+        if self.dist.is_main:  # data-parallel runs: rank 0 writes, the others wait until the files are there
+            directory = save_patch(self.model, directory, self.adapter_name, metadata=record)
+            with open(os.path.join(directory, "training.json"), "w") as f:
+                json.dump(record, f, indent=1, sort_keys=True)
+        self.dist.barrier()
+        return os.path.abspath(os.fspath(directory))
 
 
 def _is_term(name: str) -> bool:

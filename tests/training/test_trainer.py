@@ -158,14 +158,14 @@ def _train_with_crash(tmp_path, crash_at=None, resume=False):
                                                 schedule="batched"),
                             output_dir=str(tmp_path))
     if crash_at is not None:
-        original = trainer.train_step
+        original = trainer._step
 
-        def crashing(x, labels):
+        def crashing(x, labels, shard=None):
             if trainer.step + 1 == crash_at:
                 raise KeyboardInterrupt
-            return original(x, labels)
+            return original(x, labels, shard)
 
-        trainer.train_step = crashing
+        trainer._step = crashing
     data = tiny_data(6)  # 3 batches per epoch, 6 steps
     if crash_at is not None:
         with pytest.raises(KeyboardInterrupt):
