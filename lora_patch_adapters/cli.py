@@ -55,6 +55,8 @@ GATES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
 INITS = ("zero", "kaiming")
 LR_SCHEDULES = ("constant", "cosine")
 SCHEDULES = ("batched", "per_condition")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
 SCENARIOS = ("default", "leakage", "both")
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
@@ -217,6 +219,15 @@ def _add_training(p: argparse.ArgumentParser, preset: str, feature_weight: float
                    help="continue from a checkpoint directory, or the newest one under OUT/checkpoints ('latest', "
                         "the value when the flag is given alone)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the fast training path: no host syncs per step, fused Adam, bf16/channels_last by default "
+                        "(default: on for CUDA devices)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 autocast on the fast path where the device has it (default: auto)")
+    g.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
+                   help=f"torch.compile the generator ({', '.join(COMPILE_MODES)}; default: eager)")
+    g.add_argument("--cache-references", action="store_true",
+                   help="keep the base generator's clean edits across epochs (deterministic data only)")
     g = p.add_argument_group("patch")
     g.add_argument("--preset", default=preset,
                    help=f"LoraPatchConfig preset (default: {preset}; see lora-patch presets)")
@@ -471,7 +482,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainingConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                             lr_schedule=args.lr_schedule, schedule=args.schedule, seed=args.seed,
                             grad_clip=args.grad_clip, checkpoint_every=args.checkpoint_every,
-                            keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress)
+                            keep_checkpoints=args.keep_checkpoints, progress=not args.no_progress,
+                            fast=args.fast, precision=args.precision, compile=args.compile,
+                            cache_references=args.cache_references)
     attack = PGD(eps=args.eps, steps=args.pgd_steps, step_size=args.pgd_step_size, seed=args.seed)
     loss = MMFALoss(pixel_weight=args.pixel_weight, feature_weight=args.feature_weight,
                     semantic_weight=args.semantic_weight, resnet_weights=args.resnet_weights,
@@ -509,6 +522,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if watermark is not None:
         metadata["watermark"] = watermark.to_dict()
     patch_dir = trainer.save_patch(os.path.join(args.out, "patch"), metadata=metadata)
+    if not trainer.dist.is_main:  # data-parallel launch: rank 0 evaluates and writes the report
+        return 0
     history = result.history
     training = {"steps": result.steps, "epochs_completed": result.epochs_completed, "seconds": result.seconds,
                 "first_loss": history[0]["loss"] if history else None, "final_loss": result.final_loss if history

@@ -79,7 +79,7 @@ def test_parser_choices_match_the_library():
     from lora_patch_adapters.data import SPLITS
     from lora_patch_adapters.defenses import CMUA, FGSM, IFGSM, PGD, AntiForgery
     from lora_patch_adapters.generators import EDITOR_NAMES
-    from lora_patch_adapters.training.config import LR_SCHEDULES, SCHEDULES
+    from lora_patch_adapters.training.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, SCHEDULES
     from lora_patch_adapters.tuner.config import GATE_TYPES, INIT_SCHEMES
     from lora_patch_adapters.watermark import POSITIONS
 
@@ -87,6 +87,7 @@ def test_parser_choices_match_the_library():
     assert set(cli.CELEBA_PRESETS) == set(EDITOR_NAMES)
     assert cli.SPLITS == tuple(SPLITS) and cli.GATES == GATE_TYPES and cli.INITS == INIT_SCHEMES
     assert cli.LR_SCHEDULES == LR_SCHEDULES and cli.SCHEDULES == SCHEDULES and cli.POSITIONS == POSITIONS
+    assert cli.PRECISIONS == PRECISIONS and cli.COMPILE_MODES == COMPILE_MODES
     assert cli.DEFENSES == tuple(d.name for d in (PGD, IFGSM, FGSM, CMUA, AntiForgery))
 
 
@@ -198,6 +199,23 @@ def bypass_run(tmp_path_factory) -> Path:
     argv = ["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "2", "--checkpoint-every", "1"]
     assert main(argv) == 0
     return out
+
+
+def test_train_on_the_fast_path(tmp_path):
+    parser = cli.build_parser()
+    defaults = parser.parse_args(["train", "--out", "x"])
+    assert (defaults.fast, defaults.precision, defaults.compile, defaults.cache_references) == (None, "auto", None,
+                                                                                                 False)
+    out = tmp_path / "fast"
+    argv = ["train", "--out", str(out), *TINY, "--max-steps", "2", "--fast", "--precision", "bf16",
+            "--cache-references"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training_config"]["fast"] is True and summary["training_config"]["precision"] == "bf16"
+    training = json.loads((out / "patch" / "training.json").read_text())
+    assert training["runtime"] == {"device": "cpu", "fast": True, "precision": "bf16", "channels_last": True,
+                                   "compile": None, "processes": 1}
+    assert len(summary["training"]["history"]) == 2
 
 
 def _assert_run_files(out: Path) -> dict:

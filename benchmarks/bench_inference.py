@@ -3,9 +3,9 @@
 All variants run side by side in one process on the same device, interleaved round by round so that drift in clock
 speed or load hits them alike; the report gives the median time per forward and its ratio to the base.
 
-    python benchmarks/bench_forward.py                      # 64 channels, 6 blocks, 256x256, batch 4, CPU or CUDA
-    python benchmarks/bench_forward.py --size 128 --json    # smaller images, one JSON object on stdout
-    python benchmarks/bench_forward.py --amp                # bf16 autocast (CUDA)
+    python benchmarks/bench_inference.py                      # 64 channels, 6 blocks, 256x256, batch 4, CPU or CUDA
+    python benchmarks/bench_inference.py --size 128 --json    # smaller images, one JSON object on stdout
+    python benchmarks/bench_inference.py --amp                # bf16 autocast (CUDA)
 """
 
 from __future__ import annotations
