@@ -23,15 +23,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from reference_loop import ReferenceStyleLoop  # noqa: E402
+from reference_loop import ReferenceStyleLoop
 
-import lora_patch_adapters as lpa  # noqa: E402
-from lora_patch_adapters.data.testbed import testbed_faces  # noqa: E402
-from lora_patch_adapters.defenses import PGD  # noqa: E402
-from lora_patch_adapters.evaluation import evaluate_defense  # noqa: E402
-from lora_patch_adapters.generators import load_editor  # noqa: E402
-from lora_patch_adapters.losses import MMFALoss  # noqa: E402
-from lora_patch_adapters.training import PatchTrainer, TrainingConfig  # noqa: E402
+import lora_patch_adapters as lpa
+from lora_patch_adapters.data.testbed import testbed_faces
+from lora_patch_adapters.defenses import PGD
+from lora_patch_adapters.evaluation import evaluate_defense
+from lora_patch_adapters.generators import load_editor
+from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.training import PatchTrainer, TrainingConfig
 
 
 def evaluate(base, patched, test_x, test_labels, seed: int) -> dict[str, float]:

@@ -27,20 +27,20 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from reference_loop import ReferenceStyleLoop  # noqa: E402
+from reference_loop import ReferenceStyleLoop
 
-import lora_patch_adapters as lpa  # noqa: E402
-from lora_patch_adapters.defenses import PGD  # noqa: E402
-from lora_patch_adapters.generators import StarGANEditor, StarGANGenerator  # noqa: E402
-from lora_patch_adapters.losses import MMFALoss  # noqa: E402
-from lora_patch_adapters.training import PatchTrainer, TrainingConfig  # noqa: E402
+import lora_patch_adapters as lpa
+from lora_patch_adapters.defenses import PGD
+from lora_patch_adapters.generators import StarGANEditor, StarGANGenerator
+from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.training import PatchTrainer, TrainingConfig
 
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, matched against the device name
 BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}

@@ -11,13 +11,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conftest import PatternAttack, tiny_data, tiny_editor  # noqa: E402
+from conftest import PatternAttack, tiny_data, tiny_editor
 
-import lora_patch_adapters.patch_io as patch_io  # noqa: E402
-from lora_patch_adapters.defenses import PGD  # noqa: E402
-from lora_patch_adapters.losses import MMFALoss  # noqa: E402
-from lora_patch_adapters.training import BypassTrainer, TrainingConfig  # noqa: E402
-from lora_patch_adapters.training import checkpoint as ckpt  # noqa: E402
+from lora_patch_adapters import patch_io
+from lora_patch_adapters.defenses import PGD
+from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.training import BypassTrainer, TrainingConfig
+from lora_patch_adapters.training import checkpoint as ckpt
 
 # (name, schedule, fast): 7 images in global batches of 3 -> 3, 3, 1 (the last leaves one of two ranks empty).
 # The per-condition run uses a deterministic attack: PGD's sign() turns rounding differences of near-zero input

@@ -69,13 +69,13 @@ def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path):
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
                str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for name, schedule, fast in ddp_script.RUNS:
-            ranks = [json.load(open(tmp_path / f"{name}-rank{r}.json")) for r in (0, 1)]
+            ranks = [json.loads((tmp_path / f"{name}-rank{r}.json").read_text()) for r in (0, 1)]
             single = ddp_script.train(schedule, fast).history
             assert ranks[0]["world_size"] == 2
             untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]] for r in ranks]
