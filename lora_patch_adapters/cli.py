@@ -7,6 +7,7 @@ Subcommands::
     lora-patch train-defensive --out DIR train a defensive (visible-warning) patch and check the warning is visible
     lora-patch evaluate PATCH ...        load a saved patch onto its generator and run the evaluation protocol
     lora-patch demo [--out DIR]          the offline demo on the shipped testbed editor
+    lora-patch audit [--defense SPEC]... adaptive-attack report (HTML, Markdown, JSON) for proactive defenses
 
 Every train / train-defensive / evaluate run writes ``summary.json`` (the arguments, seed, versions, device, timings
 and results), ``report.md`` and ``grid.png`` into its output folder and prints where they are.
@@ -41,6 +42,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_audit import add_audit_command
 from .cli_hub import add_hub_commands
 from .version import __version__
 
@@ -61,7 +63,6 @@ DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
 SCENARIOS = ("default", "leakage", "both")
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 ENCODER_HINT = "to train without the encoders, pass --feature-weight 0 --semantic-weight 0"
-EVAL_PGD_STEPS = 10
 GRID_IMAGES = 4
 # --quick: one optimiser step per patch and target, one evaluation image (a smoke run; the numbers mean nothing).
 QUICK_DEMO = {"train_images": 4, "eval_images": 1, "watermark_train_images": 2, "watermark_eval_images": 1,
@@ -331,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     add_hub_commands(sub)  # push, pull, inspect
+    add_audit_command(sub)
     return parser
 
 
@@ -647,18 +649,9 @@ def _read_patch(path: str) -> dict[str, Any]:
 
 
 def _make_defense(name: str, args: argparse.Namespace):
-    from .defenses import CMUA, FGSM, IFGSM, PGD, AntiForgery
+    from .defenses.plugins import builtin_defense
 
-    steps = args.steps or EVAL_PGD_STEPS
-    if name == "pgd":
-        return PGD(eps=args.eps, steps=steps, step_size=2 * args.eps / steps, seed=args.seed)
-    if name == "ifgsm":
-        return IFGSM(eps=args.eps, steps=steps, step_size=2 * args.eps / steps, seed=args.seed)
-    if name == "fgsm":
-        return FGSM(eps=args.eps, seed=args.seed)
-    if name == "cmua":
-        return CMUA(eps=args.eps, steps=steps, step_size=2 * args.eps / steps, seed=args.seed)
-    return AntiForgery(eps=args.eps, steps=args.steps or 100, seed=args.seed)
+    return builtin_defense(name, eps=args.eps, steps=args.steps, seed=args.seed)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .defenses.base import Defense, check_image_range, check_positive_int
-from .defenses.cmua import CMUA
 from .generators.base import Editor
 
 SCENARIOS = ("default", "leakage")
 GROUPS = ("base_protected", "patched_protected", "patched_clean")
 METRIC_NAMES = ("mse", "l1", "psnr", "ssim", "masked_l2")
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -50,6 +50,8 @@ class EvaluationResult:
     perturbation: dict[str, float]  # L-inf size and PSNR of protected vs clean images
     grid_path: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    # transformation name -> {"success_rate", "mse", "success_rate_clean", "mse_clean"} (see evaluate_defense)
+    transforms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +98,7 @@ def evaluate_defense(
     grid_path: str | None = None,
     grid_images: int = 4,
     progress: bool = False,
+    transforms: Mapping[str, Transform] | None = None,
 ) -> EvaluationResult:
     """Run the protocol on ``images`` [N, 3, H, W] in [-1, 1] with source ``labels`` [N, A] (targets come from
     ``base.conditions(labels)``).
@@ -105,10 +108,87 @@ def evaluate_defense(
     all conditions jointly. Universal defenses (CMUA) are fitted on a copy with ``fit_data`` (images, labels) against
     the scenario's editor when given, otherwise their current perturbation is used. ``grid_path``: a PNG of the first
     ``grid_images`` images for the first condition, rows: input, protected, base clean, base protected, patched
-    clean, patched protected. ``progress``: show a progress bar.
+    clean, patched protected. ``progress``: show a progress bar. ``transforms``: name -> function of images in
+    [-1, 1] (e.g. JPEG, blur) applied to the protected images before the base editor sees them; the result's
+    ``transforms[name]`` holds the defense's success rate and MSE under it, and the same for the transformed clean
+    images (``success_rate_clean``: how often the transformation alone already counts as a disruption).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}.")
+    patched = base if patched is None else patched
+    view = base if scenario == "default" else patched
+    results = _evaluate(defense, base, images, labels, {"patched": patched}, view, scenario, per_condition,
+                        batch_size, threshold, fit_data, grid_path, "patched", grid_images, progress, transforms)
+    return results["patched"]
+
+
+def evaluate_patches(
+    defense: Defense,
+    base: Editor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    patched: Mapping[str, Editor],
+    protect_against: Editor | None = None,
+    scenario: str = "default",
+    per_condition: bool = True,
+    batch_size: int = 16,
+    threshold: float = 0.05,
+    fit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    grid_path: str | None = None,
+    grid_patch: str | None = None,
+    grid_images: int = 4,
+    progress: bool = False,
+    transforms: Mapping[str, Transform] | None = None,
+) -> dict[str, EvaluationResult]:
+    """:func:`evaluate_defense` for several patched editors at once: the protected images are computed once (against
+    ``protect_against``, default ``base``) and every editor of ``patched`` (name -> editor) is scored on them.
+
+    ``scenario`` only labels the results (``"default"`` when protecting against the base editor; e.g.
+    ``"patch-aware"`` against an :class:`~lora_patch_adapters.generators.ensemble.EnsembleEditor`). Universal
+    defenses are fitted on ``fit_data`` against ``protect_against`` (its members, for an ensemble). ``grid_patch``:
+    the patched editor shown in the grid (default: the first). Returns name -> :class:`EvaluationResult`.
+    """
+    if not patched:
+        raise ValueError("evaluate_patches needs at least one patched editor (a name -> Editor mapping).")
+    view = base if protect_against is None else protect_against
+    grid_patch = next(iter(patched)) if grid_patch is None else grid_patch
+    if grid_patch not in patched:
+        raise ValueError(f"grid_patch={grid_patch!r} is not one of the patched editors {list(patched)}.")
+    return _evaluate(defense, base, images, labels, dict(patched), view, scenario, per_condition, batch_size,
+                     threshold, fit_data, grid_path, grid_patch, grid_images, progress, transforms)
+
+
+class _Tally:
+    """Running sums of the scores of one (base, patched) pair."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, dict[str, float]] = {g: {m: 0.0 for m in METRIC_NAMES} for g in GROUPS}
+        self.disrupted = {"base": 0, "patched": 0}
+
+    def add(self, group: str, scores: dict[str, torch.Tensor], threshold: float) -> None:
+        for name, values in scores.items():
+            self.sums[group][name] += values.sum().item()
+        if group != "patched_clean":
+            self.disrupted[group.split("_")[0]] += int(metrics.success(scores["mse"], threshold).sum())
+
+
+def fit_universal(defense: Defense, view: Editor, fit_data: tuple[torch.Tensor, torch.Tensor]) -> Defense:
+    """A copy of a universal defense fitted against ``view`` (each member of an ensemble in turn)."""
+    from .generators.ensemble import EnsembleEditor
+
+    defense = copy.deepcopy(defense)
+    if getattr(defense, "perturbation", None) is not None:
+        defense.perturbation = None  # refit from scratch against this view
+    defense.fit(fit_data, list(view.members) if isinstance(view, EnsembleEditor) else view)
+    return defense
+
+
+def _evaluate(
+    defense: Defense, base: Editor, images: torch.Tensor, labels: torch.Tensor, patched: dict[str, Editor],
+    view: Editor, scenario: str, per_condition: bool, batch_size: int, threshold: float,
+    fit_data: tuple[torch.Tensor, torch.Tensor] | None, grid_path: str | None, grid_patch: str, grid_images: int,
+    progress: bool, transforms: Mapping[str, Transform] | None,
+) -> dict[str, EvaluationResult]:
     if not isinstance(defense, Defense):
         raise TypeError(f"defense must be a lora_patch_adapters.defenses.Defense, got {type(defense).__name__}.")
     if images.shape[0] == 0:
@@ -117,16 +197,13 @@ def evaluate_defense(
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} label rows.")
     check_positive_int(batch_size, "batch_size")
-    patched = base if patched is None else patched
-    attacker_view = base if scenario == "default" else patched
-    if isinstance(defense, CMUA) and fit_data is not None:
-        defense = copy.deepcopy(defense)
-        defense.perturbation = None
-        defense.fit(fit_data, attacker_view)
+    transforms = dict(transforms or {})
+    if fit_data is not None and callable(getattr(defense, "fit", None)):  # CMUA and universal plug-ins
+        defense = fit_universal(defense, view, fit_data)
 
     device = base.device
-    sums: dict[str, dict[str, float]] = {g: {m: 0.0 for m in METRIC_NAMES} for g in GROUPS}
-    disrupted = {"base": 0, "patched": 0}
+    tallies = {name: _Tally() for name in patched}
+    transformed = {name: {"disrupted": 0, "disrupted_clean": 0, "mse": 0.0, "mse_clean": 0.0} for name in transforms}
     linf, protected_psnr = 0.0, 0.0
     n_samples, n_conditions = 0, None
     grid_rows: list[torch.Tensor] | None = None
@@ -136,53 +213,67 @@ def evaluate_defense(
         x = images[start : start + batch_size].to(device)
         conditions = base.conditions(labels[start : start + batch_size].to(device))
         n_conditions = len(conditions)
-        joint = None if per_condition else defense.protect(x, attacker_view, conditions)
+        joint = None if per_condition else defense.protect(x, view, conditions)
         for index, condition in enumerate(conditions):
-            x_protected = joint if joint is not None else defense.protect(x, attacker_view, condition)
+            x_protected = joint if joint is not None else defense.protect(x, view, condition)
             with torch.no_grad():
                 reference = base.edit(x, condition)
-                outputs = {
-                    "base_protected": base.edit(x_protected, condition),
-                    "patched_protected": patched.edit(x_protected, condition),
-                    "patched_clean": patched.edit(x, condition),
-                }
                 mask = metrics.cmua_mask(reference.clamp(-1, 1), x)
-                for group, output in outputs.items():
-                    scores = _scores(output, reference, mask)
-                    for name, values in scores.items():
-                        sums[group][name] += values.sum().item()
-                    if group != "patched_clean":
-                        disrupted[group.split("_")[0]] += int(metrics.success(scores["mse"], threshold).sum())
+                base_output = base.edit(x_protected, condition)
+                base_scores = _scores(base_output, reference, mask)
+                for name, editor in patched.items():
+                    outputs = {"patched_protected": editor.edit(x_protected, condition),
+                               "patched_clean": editor.edit(x, condition)}
+                    tallies[name].add("base_protected", base_scores, threshold)
+                    for group, output in outputs.items():
+                        tallies[name].add(group, _scores(output, reference, mask), threshold)
+                    if grid_rows is None and grid_path is not None and index == 0 and name == grid_patch:
+                        k = min(grid_images, x.shape[0])
+                        grid_rows = [t[:k].clamp(-1, 1).cpu() for t in (
+                            x, x_protected, reference, base_output, outputs["patched_clean"],
+                            outputs["patched_protected"],
+                        )]
+                for name, transform in transforms.items():
+                    for suffix, source in (("", x_protected), ("_clean", x)):
+                        mse = metrics.mse(base.edit(transform(source).clamp(-1, 1), condition).clamp(-1, 1),
+                                          reference.clamp(-1, 1))
+                        transformed[name]["mse" + suffix] += mse.sum().item()
+                        transformed[name]["disrupted" + suffix] += int(metrics.success(mse, threshold).sum())
                 linf = max(linf, (x_protected - x).abs().max().item())
                 protected_psnr += metrics.psnr(x_protected, x).sum().item()
                 n_samples += x.shape[0]
-                if grid_rows is None and grid_path is not None and index == 0:
-                    k = min(grid_images, x.shape[0])
-                    grid_rows = [t[:k].clamp(-1, 1).cpu() for t in (
-                        x, x_protected, reference, outputs["base_protected"], outputs["patched_clean"],
-                        outputs["patched_protected"],
-                    )]
         bar.update(x.shape[0])
-        bar.set_postfix({"disrupted base": disrupted["base"], "patched": disrupted["patched"]}, refresh=False)
+        first = tallies[next(iter(tallies))].disrupted
+        bar.set_postfix({"disrupted base": first["base"], "patched": first["patched"]}, refresh=False)
     bar.close()
     if grid_rows is not None:
         grid = torchvision.utils.make_grid(torch.cat(grid_rows), nrow=grid_rows[0].shape[0], normalize=True,
                                            value_range=(-1, 1), padding=2)
         torchvision.utils.save_image(grid, grid_path)
-    return EvaluationResult(
-        defense=getattr(defense, "name", type(defense).__name__),
-        scenario=scenario,
-        n_images=int(images.shape[0]),
-        n_conditions=int(n_conditions or 0),
-        threshold=threshold,
-        success_rate_base=disrupted["base"] / n_samples,
-        success_rate_patched=disrupted["patched"] / n_samples,
-        metrics={g: {m: v / n_samples for m, v in d.items()} for g, d in sums.items()},
-        perturbation={"linf_max": linf, "psnr_protected_vs_clean": protected_psnr / n_samples},
-        grid_path=grid_path,
-        config={"per_condition": per_condition, "batch_size": batch_size, "defense": repr(defense),
-                "base": base.name, "patched": patched.name, "patched_is_base": patched is base},
-    )
+    transform_results = {
+        name: {"success_rate": t["disrupted"] / n_samples, "mse": t["mse"] / n_samples,
+               "success_rate_clean": t["disrupted_clean"] / n_samples, "mse_clean": t["mse_clean"] / n_samples}
+        for name, t in transformed.items()
+    }
+    return {
+        name: EvaluationResult(
+            defense=getattr(defense, "name", type(defense).__name__),
+            scenario=scenario,
+            n_images=int(images.shape[0]),
+            n_conditions=int(n_conditions or 0),
+            threshold=threshold,
+            success_rate_base=tally.disrupted["base"] / n_samples,
+            success_rate_patched=tally.disrupted["patched"] / n_samples,
+            metrics={g: {m: v / n_samples for m, v in d.items()} for g, d in tally.sums.items()},
+            perturbation={"linf_max": linf, "psnr_protected_vs_clean": protected_psnr / n_samples},
+            grid_path=grid_path if name == grid_patch else None,
+            config={"per_condition": per_condition, "batch_size": batch_size, "defense": repr(defense),
+                    "base": base.name, "patched": editor.name, "patched_is_base": editor is base,
+                    "protected_against": view.name},
+            transforms=transform_results,
+        )
+        for (name, tally), editor in zip(tallies.items(), patched.values())
+    }
 
 
 def compare(results: Sequence[EvaluationResult]) -> str:

@@ -78,6 +78,7 @@ def test_help_for_every_subcommand(command, capsys):
 def test_parser_choices_match_the_library():
     from lora_patch_adapters.data import SPLITS
     from lora_patch_adapters.defenses import CMUA, FGSM, IFGSM, PGD, AntiForgery
+    from lora_patch_adapters.defenses.plugins import BUILTIN_DEFENSES
     from lora_patch_adapters.generators import EDITOR_NAMES
     from lora_patch_adapters.training.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, SCHEDULES
     from lora_patch_adapters.tuner.config import GATE_TYPES, INIT_SCHEMES
@@ -89,6 +90,7 @@ def test_parser_choices_match_the_library():
     assert cli.LR_SCHEDULES == LR_SCHEDULES and cli.SCHEDULES == SCHEDULES and cli.POSITIONS == POSITIONS
     assert cli.PRECISIONS == PRECISIONS and cli.COMPILE_MODES == COMPILE_MODES
     assert cli.DEFENSES == tuple(d.name for d in (PGD, IFGSM, FGSM, CMUA, AntiForgery))
+    assert cli.DEFENSES == BUILTIN_DEFENSES
 
 
 def test_training_defaults_are_the_papers():

@@ -78,3 +78,36 @@ def test_bad_inputs(testbed):
         evaluate_defense(copy.copy, editor, images, labels)
     with pytest.raises(ValueError, match=r"\[N, 5\]"):
         evaluate_defense(PGD(), editor, images, torch.zeros(4, 3))
+
+
+def test_evaluate_patches_scores_every_editor_on_one_protection(testbed):
+    from lora_patch_adapters.evaluation import evaluate_patches
+
+    editor, images, labels = testbed
+    other = lpa.load_editor("testbed")
+    with torch.no_grad():
+        for p in other.generator.parameters():
+            p.mul_(1.05)
+    defense = PGD(steps=2)
+    many = evaluate_patches(defense, editor, images, labels, {"same": editor, "other": other})
+    for name, patched in (("same", editor), ("other", other)):
+        single = evaluate_defense(defense, editor, images, labels, patched=patched)
+        for group in GROUPS:
+            assert many[name].metrics[group] == pytest.approx(single.metrics[group])
+        assert many[name].success_rate_patched == single.success_rate_patched
+        assert many[name].success_rate_base == single.success_rate_base
+    assert many["other"].metrics["patched_clean"]["mse"] > 0 == many["same"].metrics["patched_clean"]["mse"]
+    with pytest.raises(ValueError, match="at least one patched editor"):
+        evaluate_patches(defense, editor, images, labels, {})
+
+
+def test_transforms_are_scored_against_the_clean_reference(testbed):
+    editor, images, labels = testbed
+    identity = lambda x: x  # noqa: E731
+    wipe = lambda x: torch.zeros_like(x)  # noqa: E731
+    result = evaluate_defense(PGD(steps=2), editor, images, labels, transforms={"id": identity, "wipe": wipe})
+    assert result.transforms["id"]["success_rate"] == result.success_rate_base
+    assert result.transforms["id"]["mse"] == pytest.approx(result.metrics["base_protected"]["mse"])
+    assert result.transforms["id"]["success_rate_clean"] == 0 and result.transforms["id"]["mse_clean"] == 0
+    # a transformation that destroys the image "disrupts" clean and protected inputs alike: the control shows it
+    assert result.transforms["wipe"]["success_rate_clean"] == result.transforms["wipe"]["success_rate"] == 1.0
