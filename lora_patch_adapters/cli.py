@@ -8,6 +8,7 @@ Subcommands::
     lora-patch evaluate PATCH ...        load a saved patch onto its generator and run the evaluation protocol
     lora-patch demo [--out DIR]          the offline demo on the shipped testbed editor
     lora-patch audit [--defense SPEC]... adaptive-attack report (HTML, Markdown, JSON) for proactive defenses
+    lora-patch forensics --model M ...   has this generator been patched? (merged low-rank, unmerged, other)
 
 Every train / train-defensive / evaluate run writes ``summary.json`` (the arguments, seed, versions, device, timings
 and results), ``report.md`` and ``grid.png`` into its output folder and prints where they are.
@@ -43,6 +44,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cli_audit import add_audit_command
+from .cli_forensics import add_forensics_command
 from .cli_hub import add_hub_commands
 from .version import __version__
 
@@ -332,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     add_hub_commands(sub)  # push, pull, inspect
+    add_forensics_command(sub)
     add_audit_command(sub)
     return parser
 
