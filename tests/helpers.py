@@ -41,3 +41,22 @@ def images(n: int = 2, size: int = 32) -> torch.Tensor:
 
 def labels(n: int = 2, c_dim: int = 5) -> torch.Tensor:
     return (torch.rand(n, c_dim) > 0.5).float()
+
+
+def fake_celeba(root, rows=(0, 1, 29000, 29001)):
+    """A 30000-row CelebA attribute file (both paper splits) under ``root``, with images only for ``rows``;
+    returns ``(image folder, attribute file)``."""
+    from PIL import Image
+
+    from lora_patch_adapters.data import CELEBA_ATTRIBUTES
+
+    images = root / "img_align_celeba"
+    images.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    flags = torch.randint(0, 2, (30000, len(CELEBA_ATTRIBUTES)), generator=generator) * 2 - 1
+    lines = [f"{i + 1:06d}.jpg " + " ".join(map(str, flags[i].tolist())) for i in range(30000)]
+    attr = root / "list_attr_celeba.txt"
+    attr.write_text("\n".join(["30000", " ".join(CELEBA_ATTRIBUTES), *lines]) + "\n")
+    for i in rows:
+        Image.new("RGB", (178, 218), (40 + 50 * (i % 3), 120, 90)).save(images / f"{i + 1:06d}.jpg")
+    return images, attr

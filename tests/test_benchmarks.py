@@ -41,3 +41,16 @@ def test_bench_quality_reports_both_paths_and_the_gap():
     assert out["gap"]["success_rate_points"] == pytest.approx(
         100 * abs(fast["success_rate_patched"] - reference["success_rate_patched"]))
     assert all(0 <= r["success_rate_patched"] <= 1 for r in (reference, fast))
+
+
+def test_forensics_benchmark_reports_every_case_as_expected():
+    rows = _run("forensics_ranks.py")
+    assert len(rows) == 12
+    cases = {(row["network"], row["case"]): row for row in rows}
+    for network in ("testbed", "stargan-sized (random)"):
+        assert cases[(network, "untouched")]["verdict"] == "unchanged"
+        assert cases[(network, "dense fine-tune")]["verdict"] == "other change"
+        for r in (1, 4, 8, 16):
+            row = cases[(network, f"merged r={r}")]
+            assert (row["verdict"], row["rank"]) == ("low-rank patch merged", r)
+    assert all(row["ok"] and row["seconds"] > 0 for row in rows)

@@ -24,6 +24,7 @@ import torch
 
 from lora_patch_adapters import PRESETS, __version__, cli
 from lora_patch_adapters.cli import main
+from tests.helpers import fake_celeba
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -317,26 +318,8 @@ def test_train_defensive_and_evaluate_reports_the_warning(tmp_path, capsys):
     assert "warning visible" in (evaluation / "report.md").read_text()
 
 
-def _fake_celeba(root: Path) -> tuple[Path, Path]:
-    """A 30000-row attribute file (both paper splits) with images only for the rows the test reads."""
-    from PIL import Image
-
-    from lora_patch_adapters.data import CELEBA_ATTRIBUTES
-
-    images = root / "img_align_celeba"
-    images.mkdir()
-    generator = torch.Generator().manual_seed(0)
-    flags = torch.randint(0, 2, (30000, len(CELEBA_ATTRIBUTES)), generator=generator) * 2 - 1
-    rows = [f"{i + 1:06d}.jpg " + " ".join(map(str, flags[i].tolist())) for i in range(30000)]
-    attr = root / "list_attr_celeba.txt"
-    attr.write_text("\n".join(["30000", " ".join(CELEBA_ATTRIBUTES), *rows]) + "\n")
-    for i in (0, 1, 29000, 29001):
-        Image.new("RGB", (178, 218), (40 + 50 * (i % 3), 120, 90)).save(images / f"{i + 1:06d}.jpg")
-    return images, attr
-
-
 def test_train_on_celeba_files(tmp_path, capsys):
-    images, attr = _fake_celeba(tmp_path)
+    images, attr = fake_celeba(tmp_path)
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), "--data", str(images), "--attr-file", str(attr), *TINY,
                  "--eval-images", "2", "--max-steps", "1"]) == 0

@@ -1,4 +1,5 @@
-"""``lora-patch audit`` end to end at toy sizes, with a user's defense file, and its one-line errors."""
+"""``lora-patch audit`` end to end at toy sizes (testbed faces and CelebA files), with a user's defense file, and its
+one-line errors."""
 
 from __future__ import annotations
 
@@ -65,3 +66,15 @@ def test_errors_are_one_line(tmp_path, capsys, argv, code, message):
         assert cli.main(["audit", *argv, "--out", str(tmp_path)]) == code
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_audit_on_celeba_files_uses_disjoint_rows(tmp_path):
+    from tests.helpers import fake_celeba
+
+    images, attr = fake_celeba(tmp_path, rows=(0, 1, 2, 3, 29000))
+    out = tmp_path / "audit"
+    assert cli.main(["audit", "--defense", "pgd", *TOY, "--data", str(images), "--attr-file", str(attr),
+                     "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "CelebA" in results["data"] and "the first 2 images" in results["data"] and "next 2" in results["data"]
+    assert results["evaluation"]["images"] == 1 and results["attacker"]["pgd"]["2x1"]["images"] == 2

@@ -37,3 +37,16 @@ def test_attach_to_custom_generator_example():
     changed = float(re.search(r"mean \|patched - original\| = (\S+);", result.stdout).group(1))
     disabled = float(re.search(r"with the adapter disabled: (\S+)", result.stdout).group(1))
     assert changed > 1e-3 and disabled == 0.0
+
+
+def test_custom_defense_example_runs_and_its_pgd_beats_noise():
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "custom_defense.py")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    rates = dict(re.findall(r"^(\w+): disrupts (\S+)% of the edits", result.stdout, flags=re.MULTILINE))
+    assert set(rates) == {"momentum_pgd", "random_noise"}
+    assert float(rates["momentum_pgd"]) > float(rates["random_noise"])
+    sizes = [float(v) for v in re.findall(r"L-inf (\S+)\)", result.stdout)]
+    assert len(sizes) == 2 and all(0 < s <= 0.05 + 1e-6 for s in sizes)
