@@ -82,15 +82,14 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
             "by the patched one; *leakage* = protection recomputed on the attacker's patched generator.")),
         Block("heading", f"Headline: attacker budget {head}"),
     ]
-    cost = None
     rows = []
     for d in results["defenses"]:
         r = d["success_rates"]
         cost = _cost(results, _attack_of(results, d), head)
         rows.append([d["name"], _pct(r["before"]), _pct(r["default"][head]), _pct(r["leakage"][head]),
                      _pct(r["patch_aware"][head]) if r["patch_aware"] else "n/a",
-                     f"{d['clean_psnr_db'][head]:.2f}", f"{cost['images']} img x {cost['epochs']} ep, "
-                     f"{_seconds(cost['seconds'])}"])
+                     f"{d['clean_psnr_db'][head]:.2f}",
+                     f"{cost['images']} img x {cost['epochs']} ep, {_seconds(cost['seconds'])}"])
     blocks.append(Block("table", header=["defense", "before patching", "after (default)", "after (leakage)",
                                          "patch-aware defender", "clean PSNR (dB)", "attacker cost"], rows=rows))
     blocks += [Block("heading", "Defense success rate vs attacker budget"), Block("image", path=CURVES)]

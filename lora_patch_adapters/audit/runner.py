@@ -241,7 +241,7 @@ class Audit:
             try:
                 aware = evaluate_patches(defense, self.base, images, labels, editors, protect_against=ensemble,
                                          scenario="patch-aware", **common)
-            except Exception as exc:  # a plug-in may not handle a 3K-channel editor output: record, go on
+            except Exception as exc:  # noqa: BLE001 -- a plug-in may not handle a 3K-channel output: record, go on
                 error = f"{type(exc).__name__}: {exc}"
                 self.echo(f"{defense.name}: the patch-aware row failed ({error})")
         first = next(iter(default.values()))

@@ -123,7 +123,7 @@ class PluginDefense(Defense):
         import copy
 
         source = copy.deepcopy(self._source, memo)
-        protect = getattr(source, "protect") if source is not None and callable(getattr(source, "protect", None)) \
+        protect = source.protect if source is not None and callable(getattr(source, "protect", None)) \
             else self._protect_fn
         return type(self)(protect, self.name, self.eps, source=source, spec=self.spec)
 

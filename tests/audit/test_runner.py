@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ def audit(tmp_path_factory):
 
 
 def test_results_record_config_versions_and_attacker_cost(audit):
-    config, results, out, _ = audit
+    _, results, out, _ = audit
     assert results["format"] == "lora-patch-audit/1" and results["version"] == lpa.__version__
     assert results["seed"] == 3 and results["config"]["budgets"] == ["2x1", "4x1"]
     assert results["config"]["defenses"] == ["pgd", "cmua", "anti_forgery"]
@@ -88,13 +89,13 @@ def test_patch_aware_row_and_robustness_are_recorded(audit):
 def test_report_files_are_self_contained_and_agree_with_the_results(audit):
     _, results, out, _ = audit
     paths = write_report(results, out)
-    assert json.load(open(paths["results"])) == json.loads(json.dumps(results))
+    assert json.loads(Path(paths["results"]).read_text()) == json.loads(json.dumps(results))
     Image.open(paths["curves"]).verify()
-    page = open(paths["html"]).read()
+    page = Path(paths["html"]).read_text()
     sources = re.findall(r'src="([^"]*)"', page)
     assert len(sources) == 1 + len(results["defenses"])  # the curves and one grid per defense
     assert all(s.startswith("data:image/png;base64,") for s in sources)
-    markdown = open(paths["markdown"]).read()
+    markdown = Path(paths["markdown"]).read_text()
     head = results["headline_budget"]
     for defense in results["defenses"]:
         r = defense["success_rates"]
@@ -124,7 +125,7 @@ def test_defense_attacker_and_a_plugin_that_cannot_be_patch_aware(tmp_path):
     assert rgb["success_rates"]["patch_aware"] is None and "expected an RGB output" in rgb["patch_aware_error"]
     assert rgb["success_rates"]["before"] == 0.0  # the identity "defense" disrupts nothing
     write_report(results, str(tmp_path))
-    assert "The patch-aware row failed" in open(tmp_path / "report.md").read()
+    assert "The patch-aware row failed" in (tmp_path / "report.md").read_text()
 
 
 def test_configuration_errors(tmp_path):

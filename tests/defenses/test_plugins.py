@@ -11,7 +11,12 @@ import torch
 import lora_patch_adapters as lpa
 from lora_patch_adapters.defenses import CMUA, PGD, AntiForgery, Defense
 from lora_patch_adapters.defenses.plugins import (
-    BUILTIN_DEFENSES, DefenseLoadError, DefenseOutputError, PluginDefense, UniversalPluginDefense, builtin_defense,
+    BUILTIN_DEFENSES,
+    DefenseLoadError,
+    DefenseOutputError,
+    PluginDefense,
+    UniversalPluginDefense,
+    builtin_defense,
     load_defense,
 )
 from lora_patch_adapters.evaluation import evaluate_defense
