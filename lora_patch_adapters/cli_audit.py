@@ -55,7 +55,10 @@ def _numbers(kind: type, check: str):
 
 def add_audit_command(subparsers: Any) -> None:
     """Register ``audit`` on ``subparsers`` (the ``add_subparsers()`` action of the ``lora-patch`` parser)."""
-    from .cli import _add_common, eps_value, non_negative_int, positive_float, positive_int
+    from .cli import (
+        INITS, LR_SCHEDULES, SCHEDULES, _add_common, eps_value, non_negative_float, non_negative_int, positive_float,
+        positive_int,
+    )
 
     p = subparsers.add_parser(
         "audit", help="adaptive-attack report for proactive defenses (HTML, Markdown, JSON)",
@@ -93,18 +96,18 @@ def add_audit_command(subparsers: Any) -> None:
                    help="inner attack of the bypass training: pgd (one patch per budget, the paper) or defense (one "
                         "patch per defense and budget, trained against that defense) (default: pgd)")
     g.add_argument("--rank", type=positive_int, default=8, metavar="R", help="patch rank (default: 8)")
-    g.add_argument("--init", choices=("zero", "kaiming"), default="kaiming",
+    g.add_argument("--init", choices=INITS, default="kaiming",
                    help="patch initialisation (default: kaiming, the paper's)")
     g.add_argument("--lr", type=positive_float, default=1e-3, metavar="X", help="Adam learning rate (default: 1e-3)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant", help="(default: constant)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help="(default: constant)")
     g.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help="(default: 4)")
-    g.add_argument("--schedule", choices=("batched", "per_condition"), default="per_condition",
+    g.add_argument("--schedule", choices=SCHEDULES, default="per_condition",
                    help="per_condition: one optimiser step per batch and target, the paper's (default)")
     g.add_argument("--inner-steps", type=positive_int, default=10, metavar="N",
                    help="inner PGD steps, step size 2 * eps / N (default: 10, i.e. 0.01)")
-    g.add_argument("--feature-weight", type=float, default=0.0, metavar="W",
+    g.add_argument("--feature-weight", type=non_negative_float, default=0.0, metavar="W",
                    help="MMFA ResNet-50 weight (default: 0; the paper's 0.1 needs the encoder locally)")
-    g.add_argument("--semantic-weight", type=float, default=0.0, metavar="W",
+    g.add_argument("--semantic-weight", type=non_negative_float, default=0.0, metavar="W",
                    help="MMFA BLIP weight (default: 0; the paper's 0.1 needs the encoder locally)")
     g = p.add_argument_group("patch-aware defender")
     g.add_argument("--shadow-patches", type=non_negative_int, default=2, metavar="K",
