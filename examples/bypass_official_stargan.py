@@ -35,7 +35,7 @@ success rate went from 100% on the base editor to 0% on the patched one, with cl
         --lr 2e-3 --feature-weight 0 --semantic-weight 0 --out runs/bypass_testbed
 
 Writes to ``--out``: the patch (``patch/``: ``adapter_config.json``, ``adapter_model.safetensors``,
-``training.json``; load it with ``examples/load_saved_patch.py``), training checkpoints (``checkpoints/step-N``,
+``lora_patch.json``; load it with ``examples/load_saved_patch.py``), training checkpoints (``checkpoints/step-N``,
 resumable with ``--resume``), ``results.json``, and one image grid per evaluation scenario (``grid_default.png``,
 ``grid_leakage.png``; rows: input, protected input, base clean edit, base edit of the protected input, patched clean
 edit, patched edit of the protected input).
@@ -219,9 +219,9 @@ def main() -> None:
     print(f"patch: {len(trainer.model.peft_config['default'].target_modules)} layers, {n_trainable:,} trainable "
           f"parameters ({100 * n_trainable / n_total:.2f}% of {n_total:,}); loss {loss.extra_repr()}")
 
-    # ---- 3. train (the min-max loop), then save the patch: save_pretrained files + training.json.
+    # ---- 3. train (the min-max loop), then save the patch: save_pretrained files + lora_patch.json.
     result = trainer.train(train_data, resume_from="latest" if args.resume else None)
-    patch_dir = trainer.save_patch(os.path.join(args.out, "patch"), metadata={"source": source})
+    patch_dir = lpa.save_patch(trainer, os.path.join(args.out, "patch"), metadata={"source": source})
     grads = result.grad_norm_stats()
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; final loss {result.final_loss:.5f}, "
           f"gradient norm max {grads.get('max', float('nan')):.4f}")

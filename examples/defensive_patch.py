@@ -1,9 +1,9 @@
 """Train a defensive patch: the patched face editor stamps a visible warning on every edit it makes.
 
 The opposite use of a patch: a model owner who publishes a face-editing generator patches it so that each edit
-carries a visible "AI-GENERATED" warning sign (a :class:`~lora_patch_adapters.watermark.Watermark`). The training
-target is the frozen generator's clean edit with the warning added, ``clamp(y_ref + strength * W, -1, 1)``; as for
-a bypass patch, the loop is min-max, so the warning also survives inputs perturbed by PGD against the patched
+carries a visible "AI-GENERATED" warning sign (a :class:`~lora_patch_adapters.Watermark`). The training target is
+the frozen generator's clean edit with the warning added, ``clamp(y_ref + strength * W, -1, 1)``; as for a bypass
+patch, the loop is min-max, so the warning also survives inputs perturbed by PGD against the patched
 generator (a user trying to make the warning disappear). The loss is pixel MSE (the target is a pixel pattern).
 
 Official StarGAN + CelebA (the paper's defensive setup; a GPU is strongly recommended):
@@ -24,10 +24,10 @@ reported in one line. Data splits as in the paper: training on the first ``--ima
 evaluation on the first ``--eval-images`` of ``split="paper-test"`` (testbed: separate train / test face streams).
 
 Writes to ``--out``: the patch (``patch/``: ``adapter_config.json``, ``adapter_model.safetensors``,
-``training.json``, which records the watermark settings), ``watermark_preview.png`` (the warning on a grey image),
-``grid.png`` (rows: input, base edit, patched edit, patched edit of an input protected with PGD against the patched
+``lora_patch.json``, whose training record holds the watermark settings), ``watermark_preview.png`` (the warning on
+a grey image), ``grid.png`` (rows: input, base edit, patched edit, patched edit of an input protected with PGD against the patched
 generator) and ``results.json`` (the visibility numbers of
-:func:`~lora_patch_adapters.training.evaluate_watermark`).
+:func:`~lora_patch_adapters.evaluation.evaluate_watermark`).
 """
 
 from __future__ import annotations
@@ -42,19 +42,19 @@ import torch
 from torch.utils.data import Subset
 
 import lora_patch_adapters as lpa
-from lora_patch_adapters import reporting
 from lora_patch_adapters.data import SPLITS, CelebA, read_attr_file
 from lora_patch_adapters.defenses import PGD
+from lora_patch_adapters.evaluation import evaluate_watermark
 from lora_patch_adapters.generators import CheckpointError
 from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.runs import reporting
 from lora_patch_adapters.training import (
     SCHEDULES,
     TrainingConfig,
     WatermarkTrainer,
-    evaluate_watermark,
     latest_checkpoint,
 )
-from lora_patch_adapters.watermark import POSITIONS, Watermark, save_preview
+from lora_patch_adapters.training.watermark import POSITIONS, Watermark, save_preview
 
 PAPER_TRAIN_IMAGES = SPLITS["paper-train"][1] - SPLITS["paper-train"][0]  # 1000
 PAPER_TEST_IMAGES = SPLITS["paper-test"][1] - SPLITS["paper-test"][0]  # 1000
@@ -202,8 +202,8 @@ def main() -> None:
           f"({100 * n_trainable / n_total:.2f}% of {n_total:,})")
     result = trainer.train(train_data, resume_from="latest" if args.resume else None)
     print(f"trained {result.steps} steps in {result.seconds:.1f} s; final loss {result.final_loss:.5f}")
-    patch_dir = trainer.save_patch(os.path.join(args.out, "patch"),
-                                   metadata={"source": source, "watermark": watermark.to_dict()})
+    patch_dir = lpa.save_patch(trainer, os.path.join(args.out, "patch"),
+                               metadata={"source": source, "watermark": watermark.to_dict()})
     print(f"saved the patch to {patch_dir}")
 
     # ---- 3. is the warning visible? On clean inputs, on inputs protected with PGD against the base generator, and

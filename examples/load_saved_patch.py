@@ -1,7 +1,7 @@
 """Load a saved patch onto a generator, edit with it, switch it off, and merge it into the weights.
 
-A patch directory is what ``save_pretrained`` / ``trainer.save_patch`` writes (``adapter_config.json`` +
-``adapter_model.safetensors``, plus ``training.json`` from the trainers), e.g. the ``patch/`` folder of
+A patch directory is what ``save_pretrained`` / ``lora_patch_adapters.save_patch`` writes (``adapter_config.json`` +
+``adapter_model.safetensors``, plus ``lora_patch.json`` with the training record), e.g. the ``patch/`` folder of
 ``examples/bypass_official_stargan.py`` or ``examples/defensive_patch.py``. Loading it is plain PEFT:
 
     import lora_patch_adapters              # registers the lora-patch method with peft
@@ -31,7 +31,6 @@ rows: input, edit with the patch switched off, edit with the patch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import NoReturn
@@ -41,9 +40,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import lora_patch_adapters as lpa  # importing the package registers the lora-patch PEFT method
-from lora_patch_adapters import reporting
 from lora_patch_adapters.data import PRESETS, make_transform
 from lora_patch_adapters.generators import EDITOR_NAMES, CheckpointError
+from lora_patch_adapters.patches import read_patch_info
+from lora_patch_adapters.runs import reporting
 
 # Which preprocessing (crop, size) each generator was trained with.
 PREPROCESSING = {"stargan": "stargan", "attgan": "attgan", "attgan_inject1": "attgan", "hisd": "hisd",
@@ -138,11 +138,9 @@ def main() -> None:
     gates = [torch.sigmoid(p).item() for n, p in model.named_parameters() if n.endswith("gate.default.logit")]
     if gates:
         print(f"gates (sigmoid of the learned logits): {min(gates):.3f} .. {max(gates):.3f}")
-    record_path = os.path.join(args.patch_dir, "training.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
-        print(f"training.json: a {record.get('kind', '?')} patch, {record.get('steps', '?')} steps, "
+    record = read_patch_info(args.patch_dir).get("training")  # the provenance save_patch recorded
+    if record:
+        print(f"lora_patch.json: a {record.get('kind', '?')} patch, {record.get('steps', '?')} steps, "
               f"loss {record.get('loss', '?')}")
 
     # ---- 3. edit with the patch on and off.

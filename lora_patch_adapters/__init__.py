@@ -10,9 +10,11 @@ import peft
 from torch import nn
 
 from .data import testbed_faces
+from .evaluation import evaluate_defense
 from .generators import Editor, load_editor, wrap
 from .losses import MMFALoss
-from .training import BypassTrainer, TrainingConfig, WatermarkTrainer
+from .patches import inspect_patch, load_patch, pull_patch, push_patch, save_patch
+from .training import BypassTrainer, TrainingConfig, Watermark, WatermarkTrainer
 from .tuner import (
     GATE_TYPES,
     PRESETS,
@@ -23,7 +25,6 @@ from .tuner import (
     register,
 )
 from .version import __version__
-from .watermark import Watermark
 
 
 def get_peft_model(
@@ -56,9 +57,15 @@ __all__ = [
     "WatermarkTrainer",
     "__version__",
     "discover_target_modules",
+    "evaluate_defense",
     "get_peft_model",
+    "inspect_patch",
     "load_editor",
+    "load_patch",
+    "pull_patch",
+    "push_patch",
     "register",
+    "save_patch",
     "testbed_faces",
     "wrap",
 ]

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 TINY = ["--testbed", "--images", "2", "--batch-size", "1", "--max-steps", "2", "--eval-images", "1",
         "--pgd-steps", "1", "--seed", "0", "--no-progress"]
-PATCH_FILES = ("adapter_config.json", "adapter_model.safetensors", "training.json")
+PATCH_FILES = ("adapter_config.json", "adapter_model.safetensors", "lora_patch.json")
 
 
 class Run:
@@ -102,7 +102,7 @@ def test_bypass_trains_saves_and_evaluates(runs):
     record = json.loads((root / "bypass" / "results.json").read_text())
     assert [r["scenario"] for r in record["results"]] == ["default", "leakage"]
     assert record["training_steps"] == 2 and record["results"][0]["n_conditions"] == 5
-    training = json.loads((root / "bypass" / "patch" / "training.json").read_text())
+    training = json.loads((root / "bypass" / "patch" / "lora_patch.json").read_text())["training"]
     assert training["kind"] == "bypass" and training["steps"] == 2
 
 
@@ -122,7 +122,7 @@ def test_defensive_trains_saves_and_reports_visibility(runs):
     for key in ("visible_rate", "visible_rate_clean", "visible_rate_protected_vs_base",
                 "visible_rate_protected_vs_patched"):
         assert 0 <= visibility[key] <= 1, key
-    training = json.loads((root / "defensive" / "patch" / "training.json").read_text())
+    training = json.loads((root / "defensive" / "patch" / "lora_patch.json").read_text())["training"]
     assert training["kind"] == "watermark" and training["watermark"]["text"] == "AI-GENERATED"
 
 
@@ -131,7 +131,7 @@ def test_load_saved_patch_edits_disables_and_merges(runs):
     out = runs["load"].check()
     assert "onto the testbed generator (LoraPatchConfig, peft type LORA_PATCH)" in out
     assert "r=8" in out and "trainable now: 0" in out
-    assert "training.json: a bypass patch, 2 steps" in out
+    assert "lora_patch.json: a bypass patch, 2 steps" in out
     changed = float(re.search(r"mean \|patched - original\| = (\S+)", out).group(1))
     assert changed > 0  # the patch (Kaiming-initialised, "paper" preset) changes the edit; disable_adapter undoes it
     merge_diff = float(re.search(r"max \|merged - unmerged\| = (\S+)", out).group(1))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..reporting import markdown_table
+from ..runs.reporting import markdown_table
 from .plots import plot_success_curves
 
 RESULTS = "results.json"

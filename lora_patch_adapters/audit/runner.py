@@ -35,6 +35,7 @@ from ..evaluation import evaluate_defense, evaluate_patches, fit_universal
 from ..generators.base import Editor
 from ..generators.ensemble import EnsembleEditor
 from ..losses import MMFALoss
+from ..patches import save_patch
 from ..training import BypassTrainer, TrainingConfig
 from ..training.trainer import as_dataset
 from ..tuner.config import LoraPatchConfig
@@ -176,7 +177,7 @@ class Audit:
         start = time.perf_counter()
         result = trainer.train(subset(data, budget.images))
         seconds = time.perf_counter() - start
-        patch_dir = trainer.save_patch(directory, metadata={"audit": {"budget": budget.key, "seed": seed}})
+        patch_dir = save_patch(trainer, directory, metadata={"audit": {"budget": budget.key, "seed": seed}})
         for p in editor.generator.parameters():
             p.requires_grad_(False)
         cost = {"images": budget.images, "epochs": budget.epochs, "image_passes": budget.image_passes,

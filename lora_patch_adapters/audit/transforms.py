@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..evaluation import Transform
+from ..evaluation.protocol import Transform
 
 
 def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:

@@ -19,13 +19,12 @@ reach roughly +-0.01 of the +-0.05 budget; the clamp only binds with larger lear
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from ..generators.base import Editor
-from .base import Defense, check_eps, check_positive_int, clean_edits, seeded_uniform
+from .base import Defense, clean_edits, seeded_uniform
+from .checks import check_eps, check_lab_eps, check_lr, check_positive_int, check_seed
 from .color import denormalise_lab, lab_to_rgb, normalise_lab, rgb_to_lab
 
 __all__ = ["AntiForgery", "ab_perturb", "to_normalised_lab"]
@@ -55,29 +54,6 @@ def ab_perturb(lab_normalised: torch.Tensor, delta_ab: torch.Tensor) -> torch.Te
     lightness = lab_normalised[:, :1]
     ab = lab_normalised[:, 1:] + delta_ab
     return lab_to_rgb(denormalise_lab(torch.cat((lightness, ab), dim=1))).clamp(0.0, 1.0)
-
-
-def _check_lab_eps(eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) <= 1:
-        raise ValueError(
-            "eps is Anti-Forgery's budget on the a/b channels in normalised Lab units (a / 110, b / 110) and must be "
-            f"in (0, 1] (the paper uses 0.05), got {eps!r}."
-        )
-    return float(eps)
-
-
-def _check_lr(lr: float) -> float:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(
-            f"lr must be a positive finite number (Adam's learning rate; the paper uses 1e-4), got {lr!r}."
-        )
-    return float(lr)
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    return seed
 
 
 class AntiForgery(Defense):
@@ -118,10 +94,10 @@ class AntiForgery(Defense):
         rgb_eps: float | None = None,
         random_start: bool = False,
     ) -> None:
-        self.ab_eps = _check_lab_eps(eps)
+        self.ab_eps = check_lab_eps(eps)
         self.steps = check_positive_int(steps, "steps")
-        self.lr = _check_lr(lr)
-        self.seed = _check_seed(seed)
+        self.lr = check_lr(lr)
+        self.seed = check_seed(seed)
         self.rgb_eps = None if rgb_eps is None else check_eps(rgb_eps, "rgb_eps")
         if not isinstance(random_start, bool):
             raise TypeError(f"random_start must be True or False, got {random_start!r}.")

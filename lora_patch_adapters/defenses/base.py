@@ -18,7 +18,9 @@ from typing import Any, Union
 import torch
 import torch.nn.functional as F
 
-from ..generators.base import Editor, check_images
+from .._checks import check_images
+from ..generators.base import Editor
+from .checks import check_image_range
 
 Conditions = Union[Any, Sequence[Any]]
 
@@ -34,30 +36,6 @@ def inputs_already_checked() -> Iterator[None]:
         yield
     finally:
         _inputs_checked.reset(token)
-
-
-def check_eps(eps: float, name: str = "eps") -> float:
-    """``eps`` as a float in (0, 1], or a clear error."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < float(eps) <= 1:
-        raise ValueError(
-            f"{name} must be in (0, 1] on the [-1, 1] image scale (0.05 is the usual budget), got {eps!r}."
-        )
-    return float(eps)
-
-
-def check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return value
-
-
-def check_image_range(x: torch.Tensor, what: str = "images") -> None:
-    """Images must be float [N, 3, H, W] within [-1, 1] (a small tolerance for rounding)."""
-    check_images(x)
-    low, high = x.min().item(), x.max().item()
-    if low < -1.001 or high > 1.001:
-        hint = " (they look like [0, 255]: use x / 127.5 - 1)" if high > 2 else " (use x * 2 - 1 for [0, 1] images)"
-        raise ValueError(f"{what} must lie in [-1, 1], got values in [{low:.3f}, {high:.3f}]{hint}.")
 
 
 def as_condition_list(condition: Conditions) -> list:

@@ -15,17 +15,8 @@ from typing import Union
 import torch
 
 from ..generators.base import Editor
-from .base import (
-    Defense,
-    check_eps,
-    check_image_range,
-    check_positive_int,
-    clean_edits,
-    disruption_loss,
-    project,
-    seeded_uniform,
-)
-from .pgd import check_step_size
+from .base import Defense, clean_edits, disruption_loss, project, seeded_uniform
+from .checks import check_eps, check_image_range, check_positive_int, check_step_size
 
 Batches = Union[tuple[torch.Tensor, torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 

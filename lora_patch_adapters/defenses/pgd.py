@@ -19,13 +19,13 @@ from __future__ import annotations
 import torch
 
 from ..generators.base import Editor
-from .base import Defense, check_eps, check_positive_int, clean_edits, disruption_loss, project, seeded_uniform
+from .base import Defense, clean_edits, disruption_loss, project, seeded_uniform
+from .checks import check_eps, check_positive_int, check_step_size
 
-
-def check_step_size(step_size: float) -> float:
-    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not float(step_size) > 0:
-        raise ValueError(f"step_size must be > 0 (0.01 on the [-1, 1] scale is the usual value), got {step_size!r}.")
-    return float(step_size)
+PGD_EPS = 0.05
+"""The field's L-inf budget on the [-1, 1] scale (Disrupting Deepfakes, CMUA-Watermark, LoRA patching)."""
+PGD_STEPS = 10
+PGD_STEP_SIZE = 0.01
 
 
 class IFGSM(Defense):
@@ -34,7 +34,8 @@ class IFGSM(Defense):
     name = "ifgsm"
     random_start = False
 
-    def __init__(self, eps: float = 0.05, steps: int = 10, step_size: float = 0.01, seed: int = 0) -> None:
+    def __init__(self, eps: float = PGD_EPS, steps: int = PGD_STEPS, step_size: float = PGD_STEP_SIZE,
+                 seed: int = 0) -> None:
         self.eps = check_eps(eps)
         self.steps = check_positive_int(steps, "steps")
         self.step_size = check_step_size(step_size)
@@ -67,5 +68,5 @@ class FGSM(IFGSM):
 
     name = "fgsm"
 
-    def __init__(self, eps: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, eps: float = PGD_EPS, seed: int = 0) -> None:
         super().__init__(eps=eps, steps=1, step_size=eps, seed=seed)

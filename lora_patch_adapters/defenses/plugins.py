@@ -39,7 +39,8 @@ import torch
 
 from ..generators.base import Editor
 from .anti_forgery import AntiForgery
-from .base import Conditions, Defense, check_eps, check_image_range, check_positive_int
+from .base import Conditions, Defense
+from .checks import check_eps, check_image_range, check_positive_int
 from .cmua import CMUA
 from .pgd import FGSM, IFGSM, PGD
 

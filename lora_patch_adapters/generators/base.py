@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .._checks import check_images
+
 GeneratorMode = Literal["train", "eval"]
 
 
@@ -88,19 +90,6 @@ def set_mode(module: nn.Module, mode: GeneratorMode) -> None:
     want_train = mode == "train"
     if module.training != want_train or any(m.training != want_train for m in module.modules()):
         module.train(want_train)
-
-
-def check_images(x: Any) -> None:
-    """Raise a clear error unless ``x`` is a float tensor [N, 3, H, W]."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Images must be a torch.Tensor [N, 3, H, W] in [-1, 1], got {type(x).__name__}.")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(
-            f"Images must be shaped [N, 3, H, W] (RGB, channels first), got {tuple(x.shape)}; "
-            "add a batch dimension with x.unsqueeze(0) or move channels with x.permute(0, 3, 1, 2)."
-        )
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"Images must be floating point in [-1, 1], got {x.dtype}; use x.float() / 127.5 - 1.")
 
 
 def check_labels(labels: Any, attribute_names: Sequence[str]) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """The testbed editor: a reduced StarGAN trained on the procedural faces, shipped with the package.
 
 ``load_editor("testbed")`` returns a :class:`~lora_patch_adapters.generators.stargan.StarGANEditor` over
-:data:`~lora_patch_adapters.data.testbed.TESTBED_ATTRIBUTES` (64x64 images, train-mode instance norm like StarGAN).
+:data:`TESTBED_ATTRIBUTES` (64x64 images, train-mode instance norm like StarGAN).
 The weights file records its architecture, training command, seed and held-out PSNR
-(:func:`testbed_record`); ``python -m lora_patch_adapters.generators.testbed_training`` retrains it.
+(:func:`testbed_record`); ``python -m lora_patch_adapters.training.testbed_editor`` retrains it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import os
 
 import torch
 
-from ..data.testbed import TESTBED_ATTRIBUTES
 from .checkpoints import CheckpointError, PathLike, load_into
 from .stargan import StarGANEditor, StarGANGenerator
 
+TESTBED_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Eyeglasses", "Smiling")
+"""The testbed's attributes: a 3-way hair colour plus eyeglasses and smile (the procedural faces render them)."""
 TESTBED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                "testbed_editor.safetensors")
 

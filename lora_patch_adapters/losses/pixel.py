@@ -5,20 +5,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_images as _check_images
+
 
 def check_images(x: torch.Tensor, name: str = "images", channels: int | None = 3) -> None:
     """``x`` must be a floating tensor [N, C, H, W] with N >= 1 (and C equal to ``channels`` unless it is None), or a
     clear error naming it ``name``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [N, 3, H, W], got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor in [-1, 1], got dtype {x.dtype}.")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be a batch of images [N, C, H, W], got shape {tuple(x.shape)}.")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels [N, {channels}, H, W], got shape {tuple(x.shape)}.")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}).")
+    _check_images(x, name, channels, allow_empty=False)
 
 
 def check_image_pair(output: torch.Tensor, target: torch.Tensor, channels: int | None = 3) -> None:

@@ -1,12 +1,13 @@
-"""Training patches: the min-max loop (:class:`PatchTrainer`), :class:`BypassTrainer`, :class:`WatermarkTrainer`,
-checkpoints and seeding."""
+"""Training patches: the min-max loop (:class:`PatchTrainer`), :class:`BypassTrainer`, :class:`WatermarkTrainer`
+with its visible-warning target (:class:`Watermark`), checkpoints and seeding."""
 
 from .bypass import BypassTrainer
 from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from .config import SCHEDULES, TrainingConfig
-from .defensive import WatermarkTrainer, evaluate_watermark
+from .defensive import WatermarkTrainer
 from .seeding import derive_seed, seed_everything
 from .trainer import NonFiniteLossError, PatchTrainer, TrainingResult, as_dataset, epoch_batches
+from .watermark import Watermark
 
 __all__ = [
     "SCHEDULES",
@@ -16,11 +17,11 @@ __all__ = [
     "PatchTrainer",
     "TrainingConfig",
     "TrainingResult",
+    "Watermark",
     "WatermarkTrainer",
     "as_dataset",
     "derive_seed",
     "epoch_batches",
-    "evaluate_watermark",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

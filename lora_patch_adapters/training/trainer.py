@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from ..defenses.base import Defense, check_image_range, inputs_already_checked
+from ..defenses.base import Defense, inputs_already_checked
+from ..defenses.checks import check_image_range
 from ..defenses.pgd import PGD
 from ..generators.base import Editor
 from ..losses import MMFALoss
@@ -577,24 +578,17 @@ class PatchTrainer:
         return TrainingResult(steps=self.step, epochs_completed=self.epoch, seconds=time.perf_counter() - start,
                               history=list(self.history), checkpoints=list(self.checkpoints))
 
-    def save_patch(self, directory: str, metadata: dict[str, Any] | None = None) -> str:
-        """Save the trained patch with :func:`lora_patch_adapters.patch_io.save_patch` (atomic; base-model
-        fingerprint, package version and this training record in ``lora_patch.json``), plus ``training.json``."""
-        from ..patch_io import save_patch  # imported here: patch_io imports the tuner, which the trainer also needs
-
+    def training_record(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What :func:`lora_patch_adapters.save_patch` records as a patch's ``training`` provenance: kind, steps,
+        epochs completed, config, runtime, inner attack, loss, then ``metadata`` (JSON-serialisable; other values are
+        written as their ``str``)."""
         record = {"kind": self.kind, "steps": self.step, "epochs_completed": self.epoch,
                   "config": self.config.to_dict(), "runtime": {**self.runtime.describe(),
                                                                "processes": self.dist.world_size},
                   "attack": repr(self.attack),
                   "loss": self.loss.describe() if hasattr(self.loss, "describe") else repr(self.loss),
                   **(metadata or {})}
-        record = json.loads(json.dumps(record, default=str))
-        if self.dist.is_main:  # data-parallel runs: rank 0 writes, the others wait until the files are there
-            directory = save_patch(self.model, directory, self.adapter_name, metadata=record)
-            with open(os.path.join(directory, "training.json"), "w") as f:
-                json.dump(record, f, indent=1, sort_keys=True)
-        self.dist.barrier()
-        return os.path.abspath(os.fspath(directory))
+        return json.loads(json.dumps(record, default=str))
 
 
 def _is_term(name: str) -> bool:

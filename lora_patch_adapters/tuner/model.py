@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import copy
-import re
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from .config import LoraPatchConfig, unmergeable_gate_error
+from .fingerprint import discover_target_modules, verify_injection_fingerprint
 from .layer import GatedLoraLayer, create_gated_layer
 from .registry import PREFIX
-
-DEFAULT_TARGET_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
-
-
-def discover_target_modules(model: nn.Module, include_linear: bool = False) -> list[str] | str:
-    """Names of every Conv2d and ConvTranspose2d (and Linear if ``include_linear``) in ``model``, sorted.
-
-    Layers already patched count once (by the wrapper's name); modules inside a patch (its A and B) are skipped.
-    PEFT matches a list entry also as a dotted suffix ("0" matches "head.0"); when that would pick up a layer of
-    another kind, a full-match regex of the exact names is returned instead.
-    """
-    wanted = DEFAULT_TARGET_TYPES + ((nn.Linear,) if include_linear else ())
-    names: list[str] = []
-    others: list[str] = []
-    inside_patch: list[str] = []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(p) for p in inside_patch):
-            continue
-        if isinstance(module, GatedLoraLayer):
-            inside_patch.append(name + ".")
-            base = module.get_base_layer()
-            (names if isinstance(base, wanted) else others).append(name)
-        elif isinstance(module, wanted):
-            names.append(name)
-        else:
-            others.append(name)
-    names = sorted(names)
-    suffixes = tuple("." + n for n in names)
-    if any(other.endswith(suffixes) for other in others):
-        return "(?:" + "|".join(re.escape(n) for n in names) + ")"
-    return names
 
 
 class LoraPatchModel(BaseTuner):
@@ -76,10 +45,7 @@ class LoraPatchModel(BaseTuner):
             self.peft_config[adapter_name] = config
         if getattr(config, "base_fingerprint", None):
             # A saved patch records the base weights it was trained on; refuse other weights before touching the
-            # model (plain peft.PeftModel.from_pretrained / load_adapter land here). Imported lazily: patch_io
-            # imports the tuner.
-            from ..patch_io import verify_injection_fingerprint
-
+            # model (plain peft.PeftModel.from_pretrained / load_adapter land here).
             verify_injection_fingerprint(model, config, adapter_name)
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         # peft may shrink a long list to a set of suffixes; keep the saved config explicit and ordered.

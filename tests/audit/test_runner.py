@@ -16,7 +16,7 @@ import lora_patch_adapters as lpa
 from lora_patch_adapters.audit import AuditConfig, parse_budgets, run_audit, write_report
 from lora_patch_adapters.defenses.plugins import PluginDefense, load_defense
 from lora_patch_adapters.evaluation import evaluate_defense
-from lora_patch_adapters.patch_io import load_patch
+from lora_patch_adapters.patches import load_patch
 
 TOY = dict(eval_images=2, batch_size=2, shadow_patches=1, inner_steps=1, defense_steps=1, jpeg_qualities=(75,),
            blur_sigmas=(1.0,), init="zero", lr=3e-3, seed=3)

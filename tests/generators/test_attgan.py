@@ -26,7 +26,7 @@ from lora_patch_adapters.generators.attgan import (
 from lora_patch_adapters.generators.checkpoints import CheckpointError, identify_layout
 from lora_patch_adapters.tuner.layer import GatedLoraLayer
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 MANIFESTS = {
     0: json.loads((DATA / "attgan_manifest.json").read_text()),
     1: json.loads((DATA / "attgan_inject1_manifest.json").read_text()),

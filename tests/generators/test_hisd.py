@@ -25,7 +25,7 @@ from lora_patch_adapters.generators.hisd import (
     small_hyperparameters,
 )
 
-MANIFEST = json.loads((Path(__file__).parents[1] / "data" / "hisd_manifest.json").read_text())
+MANIFEST = json.loads((Path(__file__).parents[1] / "fixtures" / "hisd_manifest.json").read_text())
 
 
 def small_editor(seed: int = 0, size: int = 32) -> HiSDEditor:

@@ -19,7 +19,7 @@ from lora_patch_adapters.generators import (
     stargan_conditions,
 )
 
-MANIFEST = json.loads((Path(__file__).parents[1] / "data" / "stargan_manifest.json").read_text())
+MANIFEST = json.loads((Path(__file__).parents[1] / "fixtures" / "stargan_manifest.json").read_text())
 
 
 def test_state_dict_matches_the_official_release_exactly():

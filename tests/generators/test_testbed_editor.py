@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 import lora_patch_adapters as lpa
-from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.data import TESTBED_ATTRIBUTES, testbed_edits, testbed_faces
+from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.generators import StarGANEditor, load_editor, stargan_conditions
 from lora_patch_adapters.generators.testbed import build_editor, testbed_record
-from lora_patch_adapters.generators.testbed_training import save_editor, train
+from lora_patch_adapters.training.testbed_editor import save_editor, train
 
 
 def _psnr(a, b):
@@ -25,7 +25,7 @@ def test_shipped_editor_loads_in_one_call_with_its_record():
     assert isinstance(editor, StarGANEditor) and editor.name == "testbed"
     assert editor.attribute_names == TESTBED_ATTRIBUTES and editor.generator_mode == "train"
     record = testbed_record()
-    assert record["command"].startswith("python -m lora_patch_adapters.generators.testbed_training")
+    assert record["command"].startswith("python -m lora_patch_adapters.training.testbed_editor")
     assert isinstance(record["seed"], int) and record["held_out"]["psnr_edits"] >= 25
     assert sum(p.numel() for p in editor.generator.parameters()) < 2_000_000  # a few MB at most
 

@@ -13,9 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from conftest import PatternAttack, tiny_data, tiny_editor
 
-from lora_patch_adapters import patch_io
+from lora_patch_adapters import save_patch
 from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.losses import MMFALoss
+from lora_patch_adapters.patches import save as patch_save
 from lora_patch_adapters.training import BypassTrainer, TrainingConfig
 from lora_patch_adapters.training import checkpoint as ckpt
 
@@ -34,7 +35,7 @@ def train(schedule: str, fast: bool, out_dir: str | None = None) -> BypassTraine
                             output_dir=out_dir)
     trainer.train(tiny_data(7))
     if out_dir is not None:
-        trainer.save_patch(os.path.join(out_dir, "patch"))
+        save_patch(trainer, os.path.join(out_dir, "patch"))
     return trainer
 
 
@@ -53,7 +54,7 @@ def main(out: str) -> None:
         setattr(module, name, wrapper)
 
     recording(ckpt, "save_checkpoint")
-    recording(patch_io, "save_patch")
+    recording(patch_save, "save_patch")
     for name, schedule, fast in RUNS:
         writes.clear()
         trainer = train(schedule, fast, os.path.join(out, name))

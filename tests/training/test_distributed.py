@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lora_patch_adapters.defenses.base import seeded_uniform
-from lora_patch_adapters.patch_io import load_patch
+from lora_patch_adapters.patches import load_patch
 from lora_patch_adapters.training.distributed import DistributedContext, is_main_process, pack, unpack
 
 from . import ddp_script

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.losses import MMFALoss
-from lora_patch_adapters.patch_io import base_fingerprint
+from lora_patch_adapters.patches import base_fingerprint, save_patch
 from lora_patch_adapters.training import BypassTrainer, NonFiniteLossError, list_checkpoints
 from lora_patch_adapters.training.checkpoint import CheckpointError
 from lora_patch_adapters.tuner.config import LoraPatchConfig
@@ -232,9 +232,10 @@ def test_saved_patch_reloads_with_training_record(tmp_path, pixel_loss):
     trainer = BypassTrainer(editor, patch=KAIMING, loss=pixel_loss, config=quick_config(max_steps=1),
                             attack=PatternAttack())
     trainer.train(tiny_data(2))
-    path = trainer.save_patch(str(tmp_path / "patch"), metadata={"note": "test"})
+    path = save_patch(trainer, str(tmp_path / "patch"), metadata={"note": "test"})
+    # the training record is written once, in lora_patch.json (inside the atomic save)
     assert sorted(os.listdir(path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                        "lora_patch.json", "training.json"]
+                                        "lora_patch.json"]
     with open(os.path.join(path, "lora_patch.json")) as f:
         info = json.load(f)
     assert info["training"]["note"] == "test" and info["training"]["steps"] == 1

@@ -1,0 +1,42 @@
+"""Which images an audit uses: the attacker's (the first rows), the defender's shadow patches' (the next rows), the
+universal defenses' fitting set and the held-out evaluation images (CelebA: from the paper's test rows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Subset
+
+from ..data import testbed_faces
+from ..generators import Editor
+from ..runs.errors import RunInputError
+from ..runs.inputs import Inputs, stack
+
+PAPER_TEST_START = 29000
+"""The first CelebA row of the paper's test images."""
+
+
+def audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_images: int, n_eval: int) -> dict[str, Any]:
+    """``{"train", "eval", "fit", "shadow", "description"}``: attacker, evaluation, universal-fit and shadow data."""
+    seed = inputs.seed
+    if inputs.data is None:
+        return {"train": testbed_faces(max_images, seed=seed, split="train"),
+                "eval": testbed_faces(n_eval, seed=seed, split="test"),
+                "fit": testbed_faces(n_eval, seed=seed + 1, split="test"),
+                "shadow": testbed_faces(shadow_images, seed=seed + 1, split="train"),
+                "description": f"procedural testbed faces (seed {seed}; attacker: train split, evaluation: "
+                               f"{n_eval} test-split faces)"}
+    full = inputs.celeba(editor, None)
+    test_start = PAPER_TEST_START
+    if max_images + shadow_images > test_start:
+        raise RunInputError(f"the budgets and shadow patches need {max_images + shadow_images} CelebA training "
+                            f"images; only the first {test_start} rows are outside the paper's test rows")
+    if len(full) < test_start + n_eval:
+        raise RunInputError(f"the CelebA attribute file has {len(full)} rows: too short for {n_eval} evaluation "
+                            f"images from the paper's test rows (from row {test_start})")
+    test = stack(Subset(full, range(test_start, test_start + n_eval)))
+    return {"train": Subset(full, range(max_images)), "eval": test,
+            "fit": stack(Subset(full, range(n_eval))),
+            "shadow": Subset(full, range(max_images, max_images + shadow_images)),
+            "description": f"CelebA from {inputs.data} (attacker: the first {max_images} images; shadow patches: "
+                           f"the next {shadow_images}; evaluation: {n_eval} images from row {test_start})"}

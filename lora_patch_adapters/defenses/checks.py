@@ -1,0 +1,38 @@
+"""Argument checks of the defenses: budgets, step sizes, learning rates, seeds, images (one place, one wording)."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_images, check_int, check_number, check_positive_int, check_value_range
+
+__all__ = ["check_eps", "check_image_range", "check_lab_eps", "check_lr", "check_positive_int", "check_seed",
+           "check_step_size"]
+
+
+def check_eps(eps: float, name: str = "eps") -> float:
+    """``eps`` as a float in (0, 1] (the L-inf budget on the [-1, 1] image scale), or a clear error."""
+    return check_number(eps, name, maximum=1, hint=" on the [-1, 1] image scale (0.05 is the usual budget)")
+
+
+def check_lab_eps(eps: float) -> float:
+    """Anti-Forgery's budget: (0, 1] in normalised Lab units."""
+    return check_number(eps, "eps", maximum=1, hint=" (Anti-Forgery's budget on the a/b channels in normalised Lab "
+                                                    "units, a / 110 and b / 110; the paper uses 0.05)")
+
+
+def check_step_size(step_size: float) -> float:
+    return check_number(step_size, "step_size", what="> 0", hint=" (0.01 on the [-1, 1] scale is the usual value)")
+
+
+def check_lr(lr: float) -> float:
+    return check_number(lr, "lr", hint=" (Adam's learning rate; the paper uses 1e-4)")
+
+
+def check_seed(seed: int) -> int:
+    return check_int(seed, "seed", minimum=0)
+
+
+def check_image_range(x: torch.Tensor, what: str = "images") -> None:
+    """Images must be float [N, 3, H, W], finite and within [-1, 1] (a small tolerance for rounding)."""
+    check_value_range(check_images(x, what), what)

@@ -1,0 +1,189 @@
+"""Saving a patch atomically.
+
+:func:`save_patch` writes the three files into ``<directory>.tmp-<random>``, fsyncs them and swaps the directory into
+place, so a crash never leaves half a patch at ``directory``: a first save either completes or leaves nothing there,
+and a crash while replacing an existing patch leaves the previous complete patch. The swap is two renames (old patch
+to ``<directory>.old-<random>``, new one in); a crash exactly between them leaves no ``directory`` and the previous
+patch under ``<directory>.old-*``. Leftover ``.tmp-*`` directories of crashed saves are removed by the next save of
+the same directory, and ``.old-*`` ones once a new patch is in place. One writer per directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+import peft
+import safetensors
+import safetensors.torch
+from torch import nn
+
+from ..training import PatchTrainer
+from ..training.checkpoint import save_patch_files
+from ..tuner.config import LoraPatchConfig
+from ..tuner.fingerprint import canonical_layers, hash_layers, inner_module
+from ..tuner.layer import GatedLoraLayer
+from ..version import __version__
+from .format import CONFIG_NAME, FORMAT_VERSION, SIDECAR_NAME, WEIGHTS_NAME, adapter_state, write_json
+
+
+def _patched_layer_names(module: nn.Module, adapter_name: str) -> list[str]:
+    _, wrappers = canonical_layers(module)
+    return sorted(
+        name
+        for name, wrapper in wrappers.items()
+        if isinstance(wrapper, GatedLoraLayer) and adapter_name in wrapper.lora_patch_A
+    )
+
+
+def _fsync(path: str) -> None:
+    if os.name == "nt" and os.path.isdir(path):  # directories cannot be opened on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_siblings(directory: str, kind: str) -> None:
+    """Remove ``<directory>.<kind>-*`` directories left by earlier (crashed) saves."""
+    parent, base = os.path.split(directory)
+    pattern = re.compile(re.escape(base) + r"\." + kind + r"-[A-Za-z0-9_]+")
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if pattern.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_destination(directory: str) -> None:
+    if not os.path.lexists(directory):
+        return
+    if not os.path.isdir(directory) or os.path.islink(directory):
+        raise FileExistsError(f"{directory!r} exists and is not a directory; save_patch writes a patch directory.")
+    entries = os.listdir(directory)
+    if entries and CONFIG_NAME not in entries and SIDECAR_NAME not in entries:
+        raise FileExistsError(
+            f"{directory!r} is a non-empty directory that is not a patch (no {CONFIG_NAME}); save_patch replaces its "
+            "destination as a whole, so choose a new or empty directory."
+        )
+
+
+def save_patch(
+    model: peft.PeftModel | PatchTrainer,
+    directory: str | os.PathLike,
+    adapter_name: str = "default",
+    metadata: dict | None = None,
+) -> str:
+    """Save the lora-patch adapter ``adapter_name`` of ``model`` (a ``peft.PeftModel``) to ``directory``, atomically.
+
+    ``model`` may also be a trainer (:class:`~lora_patch_adapters.training.PatchTrainer`): its patch is saved with its
+    training record (kind, steps, epochs, config, runtime, attack, loss, plus ``metadata``) as the ``training``
+    provenance; in a data-parallel run rank 0 writes and every rank returns once the files are there.
+
+    Writes ``adapter_config.json`` (with ``base_fingerprint``), ``adapter_model.safetensors`` (provenance in its
+    metadata) and ``lora_patch.json`` (``base_fingerprint``, ``package_version``, ``format_version``,
+    ``target_modules``, ``created``, and ``training`` = ``metadata`` when given; it must be JSON-serialisable) into
+    ``<directory>.tmp-<random>``, then swaps it into place (see the module docstring for the crash guarantees). An
+    existing patch at ``directory`` is replaced as a whole; a non-empty directory that is not a patch is refused.
+    Returns the absolute path of the directory. Raises ``ValueError`` if the adapter is merged (unmerge it first).
+    """
+    if isinstance(model, PatchTrainer):
+        return _save_trained(model, directory, metadata)
+    if not isinstance(model, peft.PeftModel):
+        raise TypeError(f"save_patch expects a peft.PeftModel with a lora-patch adapter, got {type(model).__name__}.")
+    known = {name: type(c).__name__ for name, c in model.peft_config.items()}
+    if adapter_name not in known:
+        raise ValueError(f"The model has no adapter named {adapter_name!r} (its adapters: {known}).")
+    if not isinstance(model.peft_config[adapter_name], LoraPatchConfig):
+        raise TypeError(f"Adapter {adapter_name!r} is not a lora-patch adapter (its adapters: {known}).")
+    try:
+        training = json.loads(json.dumps(metadata, allow_nan=False)) if metadata is not None else None
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"save_patch metadata must be JSON-serialisable (str keys, finite numbers): {exc}") from exc
+    if training is not None and not isinstance(training, dict):
+        raise TypeError(f"save_patch metadata must be a dict, got {type(metadata).__name__}.")
+
+    module = inner_module(model)
+    targets = _patched_layer_names(module, adapter_name)
+    if not targets:
+        raise ValueError(f"Adapter {adapter_name!r} is not attached to any layer of the model; nothing to save.")
+    layers, wrappers = canonical_layers(module)
+    fingerprint = hash_layers(layers, wrappers, targets)
+    info: dict[str, Any] = {
+        "base_fingerprint": fingerprint,
+        "package_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "target_modules": targets,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "adapter_name": adapter_name,
+        "peft_version": peft.__version__,
+    }
+    if training is not None:
+        info["training"] = training
+
+    directory = os.path.abspath(os.fspath(directory))
+    _check_destination(directory)
+    parent, base = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    _remove_siblings(directory, "tmp")
+    tmp = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
+    try:
+        save_patch_files(model, adapter_name, tmp)
+        config_path, weights_path = os.path.join(tmp, CONFIG_NAME), os.path.join(tmp, WEIGHTS_NAME)
+        if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
+            raise RuntimeError(f"peft's save_pretrained did not write {CONFIG_NAME} and {WEIGHTS_NAME} in {tmp!r}.")
+        with open(config_path, encoding="utf-8") as f:
+            saved_config = json.load(f)
+        saved_config["base_fingerprint"] = fingerprint
+        write_json(config_path, saved_config)
+
+        with safetensors.safe_open(weights_path, framework="pt") as f:
+            file_metadata = dict(f.metadata() or {})
+            own = set(adapter_state(model, adapter_name))
+            tensors = {key: f.get_tensor(key) for key in f.keys() if key in own}  # noqa: SIM118 - not a dict
+        file_metadata.update({key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+                              for key, value in info.items()})
+        file_metadata["format_version"] = str(FORMAT_VERSION)
+        partial = weights_path + ".partial"
+        safetensors.torch.save_file(tensors, partial, metadata=file_metadata)
+        os.replace(partial, weights_path)
+        write_json(os.path.join(tmp, SIDECAR_NAME), info)
+        for name in os.listdir(tmp):
+            _fsync(os.path.join(tmp, name))
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    if os.path.lexists(directory):
+        old = tempfile.mkdtemp(prefix=base + ".old-", dir=parent)
+        os.rmdir(old)  # only the unique name is wanted
+        os.replace(directory, old)
+        try:
+            os.replace(tmp, directory)
+        except BaseException:
+            os.replace(old, directory)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync(parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
+        _fsync(parent)
+    _remove_siblings(directory, "old")
+    return directory
+
+
+
+def _save_trained(trainer: PatchTrainer, directory: str | os.PathLike, metadata: dict | None) -> str:
+    record = trainer.training_record(metadata)
+    if trainer.dist.is_main:  # data-parallel runs: rank 0 writes, the others wait until the files are there
+        directory = save_patch(trainer.model, directory, trainer.adapter_name, metadata=record)
+    trainer.dist.barrier()
+    return os.path.abspath(os.fspath(directory))

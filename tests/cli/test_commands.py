@@ -1,0 +1,342 @@
+"""The lora-patch command line.
+
+Runs are tiny (testbed editor, 1-2 images, 1-step PGD, pixel loss only): the whole file must stay well under a
+minute on 2 CPU cores. Most commands run in-process through ``main([...])``; a few run as real processes to check
+that errors print one line and no traceback.
+
+Torch runs single-threaded here (in-process and in the child processes): on a small shared machine, two OpenMP
+threads with one core busy elsewhere make every convolution wait for the descheduled thread (measured: the same
+evaluation 1.8 s with one thread, 40-97 s with two while another process held a core).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_patch_adapters import PRESETS, __version__, cli
+from lora_patch_adapters.cli import main
+from tests.helpers import fake_celeba
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TINY = ["--images", "2", "--batch-size", "1", "--pgd-steps", "1", "--feature-weight", "0", "--semantic-weight", "0",
+        "--eval-images", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_presets_json(capsys):
+    assert main(["presets"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == set(PRESETS)
+    assert data["paper"]["r"] == 8 and abs(data["paper"]["scale"] - 2 / 8**0.5) < 1e-12
+
+
+def test_unknown_preset_is_a_one_line_error(capsys):
+    assert main(["presets", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lora-patch: unknown preset 'nope'") and "\n" not in err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("lora-patch")
+    assert exe is not None, "the console script is missing: install the package (pip install -e .)"
+    out = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and __version__ in out.stdout
+
+
+# ------------------------------------------------------------------------------------------------------ the parser
+@pytest.mark.parametrize("command", ["presets", "train", "train-defensive", "evaluate", "demo"])
+def test_help_for_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: lora-patch {command}" in capsys.readouterr().out
+
+
+def test_parser_choices_match_the_library():
+    from lora_patch_adapters.data import SPLITS
+    from lora_patch_adapters.defenses import CMUA, FGSM, IFGSM, PGD, AntiForgery
+    from lora_patch_adapters.defenses.plugins import BUILTIN_DEFENSES
+    from lora_patch_adapters.generators import EDITOR_NAMES
+    from lora_patch_adapters.training.config import COMPILE_MODES, LR_SCHEDULES, PRECISIONS, SCHEDULES
+    from lora_patch_adapters.training.watermark import POSITIONS
+    from lora_patch_adapters.tuner.config import GATE_TYPES, INIT_SCHEMES
+
+    assert cli.GENERATORS == EDITOR_NAMES
+    assert set(cli.CELEBA_PRESETS) == set(EDITOR_NAMES)
+    assert cli.SPLITS == tuple(SPLITS) and cli.GATES == GATE_TYPES and cli.INITS == INIT_SCHEMES
+    assert cli.LR_SCHEDULES == LR_SCHEDULES and cli.SCHEDULES == SCHEDULES and cli.POSITIONS == POSITIONS
+    assert cli.PRECISIONS == PRECISIONS and cli.COMPILE_MODES == COMPILE_MODES
+    assert cli.DEFENSES == tuple(d.name for d in (PGD, IFGSM, FGSM, CMUA, AntiForgery))
+    assert cli.DEFENSES == BUILTIN_DEFENSES
+
+
+def test_training_defaults_are_the_papers():
+    parser = cli.build_parser()
+    train = parser.parse_args(["train", "--out", "x"])
+    assert (train.generator, train.preset, train.seed, train.batch_size, train.lr, train.eps) == (
+        "testbed", "paper", 42, 4, 1e-3, 0.05)
+    assert (train.pgd_steps, train.pgd_step_size, train.feature_weight, train.semantic_weight) == (10, 0.01, 0.1, 0.1)
+    assert (train.split, train.eval_images, train.resume, train.device) == ("paper-train", 16, None, "cpu")
+    defensive = parser.parse_args(["train-defensive", "--out", "x", "--resume"])
+    assert (defensive.preset, defensive.feature_weight, defensive.semantic_weight) == ("paper-defensive", 0, 0)
+    assert (defensive.text, defensive.position, defensive.mark_size, defensive.strength) == (
+        "AI-GENERATED", "bottom-right", 0.35, 2.0)
+    assert defensive.resume == "latest"
+    evaluate = parser.parse_args(["evaluate", "p", "--defense", "pgd,fgsm", "--defense", "cmua"])
+    assert evaluate.defense == [["pgd", "fgsm"], ["cmua"]] and evaluate.scenario == "both"
+    assert evaluate.split == "paper-test" and evaluate.generator is None
+    demo = parser.parse_args(["demo"])
+    assert (demo.out, demo.seed, demo.quick) == (os.path.join("runs", "demo"), 0, False)
+
+
+# ---------------------------------------------------------------------------------------------- one-line errors
+def _one_line_error(capsys, argv: list[str], code: int) -> str:
+    try:
+        result = main(argv)
+    except SystemExit as exc:
+        result = exc.code
+    err = capsys.readouterr().err.strip()
+    assert result == code, err
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"lora-patch {argv[0]}: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("argv, code, fragment", [
+    (["train", "--out", "o", "--generator", "nope"], 2, "invalid choice: 'nope'"),
+    (["train", "--out", "o", "--batch-size", "-1"], 2, "must be a positive integer"),
+    (["train", "--out", "o", "--batch-size", "0"], 2, "must be a positive integer"),
+    (["train", "--out", "o", "--eps", "2"], 2, "must be in (0, 1]"),
+    (["train", "--out", "o", "--lr", "nan"], 2, "finite"),
+    (["train", "--out", "o", "--feature-weight", "-0.1"], 2, ">= 0"),
+    (["train", "--out", "o", "--device", "tpu"], 2, "device"),
+    (["train"], 2, "--out"),
+    (["evaluate", "p", "--defense", "pgd,nope"], 2, "unknown defense nope"),
+    (["train", "--out", "o", "--generator", "stargan"], 2, "--allow-random-weights"),
+    (["train", "--out", "o", "--data", "d"], 2, "--data and --attr-file go together"),
+    (["train", "--out", "o", "--generator", "stargan", "--allow-random-weights"], 2, "needs CelebA"),
+])
+def test_usage_errors_are_one_line(capsys, argv, code, fragment):
+    assert fragment in _one_line_error(capsys, argv, code)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_when_unavailable(capsys):
+    assert "CUDA is not available" in _one_line_error(capsys, ["evaluate", "p", "--device", "cuda"], 2)
+
+
+def test_runtime_input_errors_are_one_line(capsys, tmp_path, monkeypatch):
+    out = str(tmp_path / "o")
+    err = _one_line_error(capsys, ["train", "--out", out, "--checkpoint", str(tmp_path / "missing.safetensors"),
+                                   *TINY], 1)
+    assert "missing.safetensors" in err
+    err = _one_line_error(capsys, ["evaluate", str(tmp_path / "no-patch"), "--out", out], 1)
+    assert "patch directory" in err and "not found" in err
+    (tmp_path / "empty").mkdir()
+    assert "adapter_config.json" in _one_line_error(capsys, ["evaluate", str(tmp_path / "empty"), "--out", out], 1)
+    err = _one_line_error(capsys, ["train-defensive", "--out", out, "--mark-image", str(tmp_path / "m.png"), *TINY], 1)
+    assert "m.png" in err
+    attr = tmp_path / "list_attr_celeba.txt"
+    attr.write_text("1\nBlack_Hair\n000001.jpg 1\n")
+    err = _one_line_error(capsys, ["train", "--out", out, "--data", str(tmp_path / "nodir"), "--attr-file", str(attr),
+                                   *TINY], 1)
+    assert "CelebA image directory" in err
+    err = _one_line_error(capsys, ["train", "--out", out, "--resume", *TINY], 1)
+    assert "No checkpoint to resume from" in err
+    err = _one_line_error(capsys, ["train", "--out", out, "--preset", "nope", *TINY], 1)
+    assert "preset 'nope'" in err
+    # an unavailable encoder: the library's message plus the way around it
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    err = _one_line_error(capsys, ["train", "--out", out, *TINY, "--feature-weight", "0.1", "--offline"], 1)
+    assert "ResNet-50" in err and "--feature-weight 0 --semantic-weight 0" in err
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lora_patch_adapters", *args], check=False, capture_output=True,
+                          text=True, timeout=300, cwd=REPO_ROOT, env={**os.environ, **ONE_THREAD, **(env or {})})
+
+
+@pytest.mark.parametrize("case", ["unknown-generator", "encoder-offline"])
+def test_errors_in_a_real_process_have_no_traceback(tmp_path, case):
+    if case == "unknown-generator":
+        result, code = _run("train", "--generator", "nope", "--out", str(tmp_path)), 2
+    else:
+        result = _run("train", "--out", str(tmp_path / "o"), *TINY, "--feature-weight", "0.1", "--offline",
+                      env={"TORCH_HOME": str(tmp_path / "torch-home")})
+        code = 1
+    err = result.stderr.strip()
+    assert result.returncode == code, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("lora-patch train: error: ")
+
+
+# ------------------------------------------------------------------------------------------------------ real runs
+@pytest.fixture(scope="module")
+def bypass_run(tmp_path_factory) -> Path:
+    """A 2-step bypass run (one epoch of 2 images) with a checkpoint after every step."""
+    out = tmp_path_factory.mktemp("bypass")
+    argv = ["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "2", "--checkpoint-every", "1"]
+    assert main(argv) == 0
+    return out
+
+
+def test_train_on_the_fast_path(tmp_path):
+    parser = cli.build_parser()
+    defaults = parser.parse_args(["train", "--out", "x"])
+    assert (defaults.fast, defaults.precision, defaults.compile, defaults.cache_references) == (None, "auto", None,
+                                                                                                 False)
+    out = tmp_path / "fast"
+    argv = ["train", "--out", str(out), *TINY, "--max-steps", "2", "--fast", "--precision", "bf16",
+            "--cache-references"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["training_config"]["fast"] is True and summary["training_config"]["precision"] == "bf16"
+    training = json.loads((out / "patch" / "lora_patch.json").read_text())["training"]
+    assert training["runtime"] == {"device": "cpu", "fast": True, "precision": "bf16", "channels_last": True,
+                                   "compile": None, "processes": 1}
+    assert len(summary["training"]["history"]) == 2
+
+
+def _assert_run_files(out: Path) -> dict:
+    for name in ("summary.json", "report.md", "grid.png"):
+        assert (out / name).is_file(), name
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["version"] == __version__ and summary["torch"] == torch.__version__
+    assert summary["device"] == "cpu" and isinstance(summary["seed"], int)
+    assert isinstance(summary["argv"], list) and summary["arguments"]["out"] == str(out)
+    assert summary["timings"]["total_seconds"] > 0
+    return summary
+
+
+def _fraction(value) -> bool:
+    return isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_train_writes_summary_report_grid_and_a_loadable_patch(bypass_run, capsys):
+    import peft
+
+    from lora_patch_adapters import load_editor
+    from lora_patch_adapters.tuner import GatedLoraLayer
+
+    summary = _assert_run_files(bypass_run)
+    assert summary["command"] == "train" and summary["kind"] == "bypass" and summary["seed"] == 42
+    assert summary["arguments"]["batch_size"] == 1 and summary["arguments"]["max_steps"] == 2
+    training = summary["training"]
+    assert training["steps"] == 2 and len(training["history"]) == 2
+    assert all(isinstance(training[k], float) and math.isfinite(training[k]) for k in ("first_loss", "final_loss"))
+    assert set(training["grad_norm"]) == {"max", "mean", "last"}
+    for key in ("defense_success_rate_before", "defense_success_rate_after", "defense_success_rate_after_leakage"):
+        assert _fraction(summary[key]), key
+    assert isinstance(summary["clean_psnr_db"], float)
+    assert set(summary["evaluation"]) == {"default", "leakage"}
+    assert summary["evaluation"]["default"]["n_images"] == 1
+    assert summary["patch"] == str(bypass_run / "patch")
+    assert "| pgd | default |" in (bypass_run / "report.md").read_text()
+
+    meta = json.loads((bypass_run / "patch" / "lora_patch.json").read_text())["training"]
+    assert meta["kind"] == "bypass" and meta["generator"] == "testbed"
+    editor = load_editor("testbed")
+    peft.PeftModel.from_pretrained(editor.generator, str(bypass_run / "patch"))
+    assert any(isinstance(m, GatedLoraLayer) for m in editor.generator.modules())
+
+
+def test_resume_latest_continues(bypass_run, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    shutil.copytree(bypass_run, out)
+    first = json.loads((out / "summary.json").read_text())["training"]["history"]
+    assert main(["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "3", "--checkpoint-every", "1",
+                 "--resume", "latest"]) == 0
+    assert "resuming from latest" in capsys.readouterr().out
+    training = json.loads((out / "summary.json").read_text())["training"]
+    assert training["steps"] == 3 and training["resumed_from"] == "latest"
+    assert [h["loss"] for h in training["history"][:2]] == [h["loss"] for h in first]
+    assert (out / "checkpoints" / "step-000003").is_dir()
+
+
+def test_evaluate_a_saved_patch(bypass_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(bypass_run / "patch"), "--images", "1", "--defense", "pgd,fgsm", "--defense", "pgd",
+                 "--scenario", "both", "--steps", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"summary: {out / 'summary.json'}" in printed and f"grid:    {out / 'grid.png'}" in printed
+    summary = _assert_run_files(out)
+    assert summary["generator"] == "testbed" and summary["images"] == 1
+    assert summary["arguments"]["defense"] == ["pgd", "fgsm"]
+    assert [(r["defense"], r["scenario"]) for r in summary["rates"]] == [
+        ("pgd", "default"), ("pgd", "leakage"), ("fgsm", "default"), ("fgsm", "leakage")]
+    assert all(_fraction(r["success_rate_base"]) and _fraction(r["success_rate_patched"]) for r in summary["rates"])
+    assert "watermark" not in summary
+    # the patch knows its generator: another one is refused
+    err = _one_line_error(capsys, ["evaluate", str(bypass_run / "patch"), "--generator", "attgan", "--out",
+                                   str(out)], 1)
+    assert "trained on 'testbed'" in err
+
+
+def test_train_defensive_and_evaluate_reports_the_warning(tmp_path, capsys):
+    out = tmp_path / "shield"
+    assert main(["train-defensive", "--out", str(out), *TINY, "--max-steps", "1", "--text", "FAKE",
+                 "--position", "top-left", "--strength", "1.5"]) == 0
+    summary = _assert_run_files(out)
+    assert summary["command"] == "train-defensive" and summary["kind"] == "watermark"
+    assert summary["patch_config"]["r"] == 16 and summary["loss"] == {"pixel": 1.0, "feature": 0.0, "semantic": 0.0}
+    assert _fraction(summary["watermark_visible_rate"])
+    assert summary["watermark_settings"]["text"] == "FAKE"
+    meta = json.loads((out / "patch" / "lora_patch.json").read_text())["training"]
+    assert meta["kind"] == "watermark" and meta["watermark"]["position"] == "top-left"
+    assert meta["watermark"]["strength"] == 1.5
+
+    evaluation = tmp_path / "eval"
+    assert main(["evaluate", str(out / "patch"), "--images", "1", "--defense", "fgsm", "--scenario", "default",
+                 "--steps", "1", "--out", str(evaluation)]) == 0
+    summary = _assert_run_files(evaluation)
+    assert len(summary["rates"]) == 1 and _fraction(summary["watermark_visible_rate"])
+    assert "warning visible" in (evaluation / "report.md").read_text()
+
+
+def test_train_on_celeba_files(tmp_path, capsys):
+    images, attr = fake_celeba(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), "--data", str(images), "--attr-file", str(attr), *TINY,
+                 "--eval-images", "2", "--max-steps", "1"]) == 0
+    summary = _assert_run_files(out)
+    assert summary["data"].startswith("2 CelebA images (paper-train)")
+    assert summary["training"]["steps"] == 1 and summary["evaluation"]["default"]["n_images"] == 2
+
+
+def test_demo_quick_in_a_real_process(tmp_path):
+    out = tmp_path / "demo"
+    result = _run("demo", "--quick", "--no-progress", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("defense_success_rate_before", "defense_success_rate_after", "defense_success_rate_after_leakage",
+                "watermark_visible_rate"):
+        assert _fraction(summary[key]), key
+    assert isinstance(summary["clean_psnr_db"], float) and summary["reload_max_abs_diff"] == 0.0
+    assert summary["seconds"] > 0 and summary["settings"]["train_images"] == cli.QUICK_DEMO["train_images"]
+    assert (out / "report.md").is_file() and (out / "grid.png").is_file()
