@@ -25,8 +25,8 @@ evaluation on the first ``--eval-images`` of ``split="paper-test"`` (testbed: se
 
 Writes to ``--out``: the patch (``patch/``: ``adapter_config.json``, ``adapter_model.safetensors``,
 ``lora_patch.json``, whose training record holds the watermark settings), ``watermark_preview.png`` (the warning on
-a grey image), ``grid.png`` (rows: input, base edit, patched edit, patched edit of an input protected with PGD against the patched
-generator) and ``results.json`` (the visibility numbers of
+a grey image), ``grid.png`` (rows: input, base edit, patched edit, patched edit of an input protected with PGD
+against the patched generator) and ``results.json`` (the visibility numbers of
 :func:`~lora_patch_adapters.evaluation.evaluate_watermark`).
 """
 

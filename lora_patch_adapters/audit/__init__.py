@@ -6,5 +6,6 @@ from .report import write_report
 from .runner import AuditConfig, run_audit
 from .transforms import gaussian_blur, jpeg, standard_transforms
 
-__all__ = ["DEFAULT_BUDGETS", "AuditConfig", "Budget", "audit_data", "gaussian_blur", "jpeg", "parse_budgets", "run_audit",
+__all__ = ["DEFAULT_BUDGETS", "AuditConfig", "Budget", "audit_data", "gaussian_blur", "jpeg", "parse_budgets",
+           "run_audit",
            "standard_transforms", "write_report"]

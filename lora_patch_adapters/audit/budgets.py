@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .._checks import check_int
+
 # the paper's attacker (1000 images, one epoch) with a smaller and a larger one around it
 DEFAULT_BUDGETS = "250x1,1000x1,2000x1"
 _BUDGET_RE = re.compile(r"^\s*(\d+)\s*(?:[x*]\s*(\d+)\s*)?$")
@@ -20,8 +22,7 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("images", "epochs"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Budget {name} must be a positive integer, got {value!r}.")
+            check_int(value, f"Budget {name}")
 
     @property
     def key(self) -> str:

@@ -1,6 +1,7 @@
 """``lora-patch push`` / ``pull`` / ``inspect``: share patches through the Hugging Face Hub.
 
-``add_hub_commands(subparsers)`` registers the three subcommands on the ``lora-patch`` parser (``cli.main.build_parser``)::
+``add_hub_commands(subparsers)`` registers the three subcommands on the ``lora-patch`` parser
+(``cli.main.build_parser``)::
 
     lora-patch push PATCH_DIR REPO_ID [--token T] [--revision BRANCH] [--private] [--message TEXT]
     lora-patch pull REPO_ID [--revision REV] [--out DIR] [--offline] [--token T]

@@ -20,10 +20,8 @@ def _noise_floor(magnitude: torch.Tensor, eps: float) -> float:
     is close to uniform, so its standard deviation is at most ``eps * |x| / sqrt(12)``. A matrix of independent
     errors with those deviations has a spectral norm close to (largest row norm + largest column norm) of the
     deviations (Latala; Bandeira and van Handel). Merging stores ``W + dW`` rounded once, so the difference to the
-    reference is ``dW`` plus such a matrix. Measured on fp32 StarGAN-sized kernels: the round-off's spectral norm is
-    0.6-0.75 of the estimate, so with NOISE_FACTOR = 4 the largest round-off singular value stays below 0.19 of the
-    cut-off, while a merged rank-16 patch (kaiming A, B ~ N(0, 1e-3), gate sigmoid(-1), scale 2/sqrt(16)) has its
-    16th singular value at least 5000 times above it (B ~ N(0, 1e-6): 5 times).
+    reference is ``dW`` plus such a matrix; NOISE_FACTOR leaves a wide margin on both sides (the measured margins are
+    in benchmarks/README.md, "Measurements behind defaults").
     """
     if magnitude.numel() == 0:
         return 0.0

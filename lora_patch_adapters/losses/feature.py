@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from .._checks import check_positive_int
 from .errors import EncoderUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,12 +49,6 @@ def _stats_buffer(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
 
 
-def _check_size(size: int, name: str) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {size!r}.")
-    return size
-
-
 class ResNetFeatures(nn.Module):
     """Pooled features of a (frozen) image backbone: images [N, 3, H, W] in [-1, 1] -> features [N, C].
 
@@ -68,7 +63,7 @@ class ResNetFeatures(nn.Module):
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}.")
         self.backbone = backbone
-        self.input_size = _check_size(input_size, "input_size")
+        self.input_size = check_positive_int(input_size, "input_size")
         self.register_buffer("mean", _stats_buffer(IMAGENET_MEAN), persistent=False)
         self.register_buffer("std", _stats_buffer(IMAGENET_STD), persistent=False)
 

@@ -10,8 +10,6 @@ but the output's forward pass is not under ``no_grad``). Target features are com
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 
 import torch
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
 
+from .._checks import check_number
 from .feature import ResNetFeatures, ResNetWeights, load_resnet50
 from .pixel import check_image_pair, check_images, pixel_loss
 from .semantic import DEFAULT_BLIP_MODEL, BlipVisionFeatures, cosine_distance, load_blip_vision
@@ -27,9 +26,7 @@ TERMS = ("pixel", "feature", "semantic")
 
 
 def _check_weight(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (0 disables the term), got {value!r}.")
-    return float(value)
+    return check_number(value, name, strict=False, hint=" (0 disables the term)")
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_positive_int
 from .errors import EncoderUnavailableError
-from .feature import _check_size, _stats_buffer, preprocess_images
+from .feature import _stats_buffer, preprocess_images
 
 if TYPE_CHECKING:
     from transformers import BlipVisionModel
@@ -43,7 +44,7 @@ class BlipVisionFeatures(nn.Module):
             raise TypeError(f"vision_model must be a transformers BlipVisionModel, got {type(vision_model).__name__}.")
         self.vision_model = vision_model
         size = image_size if image_size is not None else getattr(vision_model.config, "image_size", None)
-        self.input_size = _check_size(size, "image_size")
+        self.input_size = check_positive_int(size, "image_size")
         self.register_buffer("mean", _stats_buffer(CLIP_MEAN), persistent=False)
         self.register_buffer("std", _stats_buffer(CLIP_STD), persistent=False)
 

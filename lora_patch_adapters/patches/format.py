@@ -84,7 +84,8 @@ def read_json_file(path: str, error: type[PatchLoadError], what: str) -> Any:
         return json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise error(
-            f"{path}: is not valid JSON ({one_line(exc, 240)}); the file is corrupt or was edited: re-download or re-save "
+            f"{path}: is not valid JSON ({one_line(exc, 240)}); the file is corrupt or was edited: re-download or "
+            "re-save "
             "the patch."
         ) from exc
 

@@ -1,6 +1,6 @@
 """Downloading patches from the Hugging Face Hub: :func:`pull_patch` (revision-pinned, cache / offline), and the
-mapping of ``huggingface_hub`` / network exceptions to the one-line :class:`~lora_patch_adapters.patches.errors.HubError`
-family used by every Hub operation.
+mapping of ``huggingface_hub`` / network exceptions to the one-line
+:class:`~lora_patch_adapters.patches.errors.HubError` family used by every Hub operation.
 
 :func:`pull_patch` downloads the files of :data:`~lora_patch_adapters.patches.format.PATCH_FILES` (never pickle
 files) of one revision into the ``huggingface_hub`` cache and returns the snapshot directory; a commit sha pins the
@@ -144,7 +144,8 @@ def hub_error(exc: BaseException, repo_id: str, revision: str | None, action: st
         return PatchNotFoundError(f"invalid Hub repo id or revision for {where}: {exc}", reason="repo_id", **kw)
     if isinstance(exc, RevisionNotFoundError):
         return PatchNotFoundError(f"revision {revision or 'main'!r} not found in {repo_id!r} on {endpoint} (use a "
-                                  "commit sha, a branch or a tag of the repo)", status_code=status, reason="revision", **kw)
+                                  "commit sha, a branch or a tag of the repo)", status_code=status, reason="revision",
+                                  **kw)
     if isinstance(exc, RemoteEntryNotFoundError):
         return PatchNotFoundError(f"file not found in {where} on {endpoint}: {_short(exc)}", status_code=status,
                                   reason="file", **kw)

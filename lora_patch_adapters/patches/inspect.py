@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +27,10 @@ def inspect_patch(path_or_repo_id: str | os.PathLike, revision: str | None = Non
     ``target_modules``, ``trainable_parameters`` (sum of the tensor sizes in the safetensors header), ``tensors``,
     ``dtypes``, ``layers`` (name, rank, parameters per patched layer), ``fingerprint`` (of the base generator),
     ``package_version``, ``base_generator``, ``kind``, ``training`` (images, epochs, steps, seconds when recorded)
-    and ``metrics`` (from summary.json, lora_patch.json, training.json or the model card).
+    and ``metrics``. Each is read from one named field: the provenance ``save_patch`` wrote in ``lora_patch.json``
+    (``training.kind``, ``training.generator``, ``training.images``, ``training.steps``,
+    ``training.epochs_completed``, ``training.metrics``), a run's ``summary.json`` placed beside the patch (its
+    headline rates, ``rates`` and ``training.seconds``), and for patches without provenance the Hub card's metadata.
     """
     source = os.fspath(path_or_repo_id)
     repo_id = commit = None
@@ -62,10 +64,10 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
                                  "safetensors only: re-save with save_pretrained(..., safe_serialization=True)")
             raise FileNotFoundError(f"{path!r} is not a patch directory (no {name})")
     config = _read_json(os.path.join(path, "adapter_config.json"), required=True)
-    sidecar = _read_json(os.path.join(path, SIDECAR_NAME))
-    training = _read_json(os.path.join(path, "training.json"))
-    summary = _read_json(os.path.join(path, "summary.json"))
-    card = _card_metadata(os.path.join(path, "README.md"))
+    sidecar = _read_json(os.path.join(path, SIDECAR_NAME))  # provenance written by save_patch
+    record = sidecar.get("training") if isinstance(sidecar.get("training"), dict) else {}
+    summary = _read_json(os.path.join(path, "summary.json"))  # a run's RunSummary placed beside the patch
+    card = _card_metadata(os.path.join(path, "README.md"))  # a Hub card: fallback for patches without provenance
     tensors = _safetensors_shapes(os.path.join(path, "adapter_model.safetensors"))
 
     layers: dict[str, dict[str, Any]] = {}
@@ -86,16 +88,13 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
         if len(shapes) == 2:
             shared = set(shapes[0]) & set(shapes[1])
             entry["rank"] = config.get("r") if config.get("r") in shared else min(shared, default=None)
-    meta = _training_metadata(sidecar)
-    nested = [r.get(key) for r, key in ((summary, "training"), (card, "lora_patch_training"))]
-    records = [r for r in (training, meta, nested[0], summary, nested[1]) if isinstance(r, dict) and r]
     patch = {k: config.get(k) for k in ("r", "lora_alpha", "scaling", "gate", "gate_init", "init_weights",
                                          "forward_mode", "include_linear") if k in config}
     if isinstance(config.get("r"), int) and config.get("lora_alpha"):
         alpha, r = float(config["lora_alpha"]), config["r"]
         patch["scale"] = alpha / (r ** 0.5 if config.get("scaling", "sqrt_rank") == "sqrt_rank" else r)
-    generator = (_first([sidecar], "base_generator", "generator") or _first(records, "generator")
-                 or card.get("base_generator") or (config.get("auto_mapping") or {}).get("base_model_class"))
+    generator = (record.get("generator") or card.get("base_generator")
+                 or (config.get("auto_mapping") or {}).get("base_model_class"))
     return {
         "files": sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f))),
         "peft_type": config.get("peft_type"),
@@ -107,13 +106,12 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
         "dtypes": sorted({dtype for _, dtype in tensors.values()}),
         "layers": sorted(layers.values(), key=lambda e: e["name"]),
         "fingerprint": sidecar.get("base_fingerprint") or card.get("base_fingerprint"),
-        "package_version": (sidecar.get("package_version") or _first(records, "version")
-                            or card.get("lora_patch_adapters_version")),
+        "package_version": sidecar.get("package_version") or card.get("lora_patch_adapters_version"),
         "base_generator": generator if isinstance(generator, str) else None,
         "base_model": config.get("base_model_name_or_path") or card.get("base_model"),
-        "kind": _first(records, "kind") or card.get("lora_patch_kind"),
-        "training": _budget(records),
-        "metrics": _metrics(card, training, meta, sidecar, summary),
+        "kind": record.get("kind") or card.get("lora_patch_kind"),
+        "training": _budget(record, summary, card),
+        "metrics": _metrics(card, record, summary),
     }
 
 
@@ -159,71 +157,39 @@ def _safetensors_shapes(path: str) -> dict[str, tuple[list[int], str]]:
         raise ValueError(f"{path!r} is not a readable safetensors file: {one_line(exc)}") from exc
 
 
-def _training_metadata(sidecar: Mapping[str, Any]) -> dict[str, Any]:
-    for key in ("metadata", "training", "training_metadata"):
-        value = sidecar.get(key)
-        if isinstance(value, dict):
-            return value
-    return {}
-
-
-def _first(records: list[Any], *keys: str) -> Any:
-    for record in records:
-        if isinstance(record, Mapping):
-            for key in keys:
-                if record.get(key) not in (None, ""):
-                    return record[key]
-    return None
-
-
 def _number(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return value if math.isfinite(value) else None
 
 
-def _budget(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Training budget (images, epochs, steps, seconds) from the first records that state them."""
-    budget: dict[str, Any] = {}
-    for record in records:
-        config = record.get("config") if isinstance(record.get("config"), dict) else {}
-        timings = record.get("timings") if isinstance(record.get("timings"), dict) else {}
-        candidates = {
-            "images": [record.get(k) for k in ("images", "train_images", "n_images", "num_images")]
-            + [_leading_int(record.get("data"))],
-            "epochs": [record.get("epochs_completed"), record.get("epochs"), config.get("epochs")],
-            "steps": [record.get("steps")],
-            "seconds": [record.get("seconds"), record.get("training_seconds"), timings.get("training_seconds")],
-        }
-        for key, values in candidates.items():
-            if key not in budget:
-                value = next((v for v in map(_number, values) if v is not None), None)
-                if value is not None:
-                    budget[key] = value
+def _budget(record: Mapping[str, Any], summary: Mapping[str, Any], card: Mapping[str, Any]) -> dict[str, Any]:
+    """Training budget: ``images``, ``epochs`` (completed) and ``steps`` from the training record, ``seconds`` from
+    the run summary; a Hub card's ``lora_patch_training`` fills what neither records."""
+    run = summary.get("training") if isinstance(summary.get("training"), dict) else {}
+    fields = {"images": record.get("images"), "epochs": record.get("epochs_completed"), "steps": record.get("steps"),
+              "seconds": run.get("seconds")}
+    recorded = card.get("lora_patch_training") if isinstance(card.get("lora_patch_training"), dict) else {}
+    budget = {}
+    for key, value in fields.items():
+        value = _number(value) if _number(value) is not None else _number(recorded.get(key))
+        if value is not None:
+            budget[key] = value
     return budget
-
-
-def _leading_int(text: Any) -> int | None:
-    match = re.match(r"\s*(\d+)\s", text) if isinstance(text, str) else None
-    return int(match.group(1)) if match else None
 
 
 _SUMMARY_METRICS = ("defense_success_rate_before", "defense_success_rate_after", "defense_success_rate_after_leakage",
                     "clean_psnr_db", "watermark_visible_rate")
 
 
-def _metrics(card: Mapping[str, Any], training: Mapping[str, Any], meta: Mapping[str, Any],
-             sidecar: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Scalar evaluation results; later sources override earlier ones (card < training < sidecar < summary)."""
+def _metrics(card: Mapping[str, Any], record: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Scalar evaluation results; later sources override earlier ones: the card's ``lora_patch_evaluation``, the
+    training record's ``metrics``, then the run summary's headline fields and per-defense ``rates``."""
     metrics: dict[str, Any] = {}
-    evaluation = card.get("lora_patch_evaluation")
-    if isinstance(evaluation, dict):
-        metrics.update({k: v for k, v in evaluation.items() if _number(v) is not None})
-    for record in (training, meta, sidecar, summary):
-        nested = record.get("metrics")
-        if isinstance(nested, dict):
-            metrics.update({str(k): v for k, v in nested.items() if _number(v) is not None})
-        metrics.update({k: record[k] for k in _SUMMARY_METRICS if _number(record.get(k)) is not None})
+    for source in (card.get("lora_patch_evaluation"), record.get("metrics")):
+        if isinstance(source, dict):
+            metrics.update({str(k): v for k, v in source.items() if _number(v) is not None})
+    metrics.update({k: summary[k] for k in _SUMMARY_METRICS if _number(summary.get(k)) is not None})
     rates = summary.get("rates")
     if isinstance(rates, list):
         for row in rates:

@@ -131,8 +131,8 @@ def _check_targets(module: nn.Module, config: LoraPatchConfig, file: str) -> lis
         for entry in config.target_modules:
             if not any(name == entry or name.endswith("." + entry) for name in layers):
                 raise PatchConfigError(
-                    f"{file}: target module {quoted_name(entry)} does not exist in the model; the patch was made for another "
-                    "architecture (or its config was edited)."
+                    f"{file}: target module {quoted_name(entry)} does not exist in the model; the patch was made for "
+                    "another "                    "architecture (or its config was edited)."
                 )
     names = resolve_targets(module, config)
     if not names:

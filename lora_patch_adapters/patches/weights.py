@@ -60,8 +60,8 @@ class WeightsReader:
                 self._header[key] = (str(piece.get_dtype()), tuple(int(d) for d in piece.get_shape()))
         except Exception as exc:
             raise PatchFileError(
-                f"{file}: is not a valid safetensors file ({one_line(exc, 240)}); it is truncated or corrupt: re-download "
-                "or re-save the patch."
+                f"{file}: is not a valid safetensors file ({one_line(exc, 240)}); it is truncated or corrupt: "
+                "re-download "                "or re-save the patch."
             ) from exc
 
     def _load_pickle(self, file: str) -> None:

@@ -223,7 +223,8 @@ def _evaluate_watermark(summary: RunSummary, defense: PGD, base: Editor, editor:
         (f"Is the warning visible? {images.shape[0]} held-out image(s) x all targets; protected inputs use "
          f"{protocol} against the base or the patched generator."), "",
         reporting.markdown_table(header, rows), "",
-        f"![input / base edit / patched edit / patched edit of the input protected against the patch]({reporting.GRID})",
+        ("![input / base edit / patched edit / patched edit of the input protected against the patch]"
+         f"({reporting.GRID})"),
     ]
 
 

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .._checks import check_int, check_number
+
 SCHEDULES = ("batched", "per_condition")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -13,19 +15,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"TrainingConfig.{name} must be a positive integer{' or None' if allow_none else ''}, "
-                         f"got {value!r}.")
+    check_int(value, f"TrainingConfig.{name}", allow_none=allow_none)
 
 
 def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"TrainingConfig.{name} must be a finite number > 0{' or None' if allow_none else ''}, "
-                         f"got {value!r}.")
+    check_number(value, f"TrainingConfig.{name}", allow_none=allow_none)
 
 
 @dataclass

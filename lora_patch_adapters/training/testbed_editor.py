@@ -5,8 +5,8 @@ and under a target (one of the StarGAN-style flips, or the source attributes for
 generator output onto the rendered target with an L1 + MSE loss.
 
 Phase 2 (``fragility_steps``): a regression-trained editor is far more robust to small input perturbations than
-GAN-trained face editors are (measured: PGD at eps 0.05 changed its edits by MSE 0.011 on average, disrupting 0% of
-samples, where the literature reports ~100% on StarGAN). The testbed exists to show defenses and patches at work,
+GAN-trained face editors are (benchmarks/README.md has the measurement; the literature reports ~100% PGD disruption on
+StarGAN). The testbed exists to show defenses and patches at work,
 so phase 2 keeps the edit loss and adds ``fragility_weight * relu(fragility_margin - MSE(G(x'), G(x)))`` for a
 one-step FGSM ``x'`` (budget ``fragility_eps``) against the current model: it raises the editor's sensitivity to
 small perturbations to the level of a GAN generator while keeping its edits.

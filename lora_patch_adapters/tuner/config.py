@@ -127,7 +127,8 @@ class LoraPatchConfig(PeftConfig):
         metadata={
             "help": "'sha256:<hex>' fingerprint of the base weights of the targeted layers the patch was saved from "
             "(written by lora_patch_adapters.save_patch; see lora_patch_adapters.tuner.fingerprint.base_fingerprint). "
-            "When set, injecting the patch into a model whose targeted layers differ raises FingerprintMismatchError (opt out: "
+            "When set, injecting the patch into a model whose targeted layers differ raises FingerprintMismatchError "
+            "(opt out: "
             "load_patch(..., allow_fingerprint_mismatch=True), or LORA_PATCH_ALLOW_FINGERPRINT_MISMATCH=1 for plain "
             "peft loading). Set it to None to start a new patch on another base from a loaded config."
         },

@@ -1,9 +1,9 @@
 """Client side of the Hub tests, run in a fresh interpreter (``huggingface_hub`` reads ``HF_ENDPOINT`` / ``HF_HOME``
 when it is imported, so the pytest process, which imported it already, cannot be the client).
 
-``python -m tests.patches.hub.scenarios SCENARIO ARGS_JSON RESULT_JSON`` runs one whole scenario against the loopback Hub
-named by ``HF_ENDPOINT`` and writes what it saw to RESULT_JSON; ``python -m tests.patches.hub.scenarios cli ARGV...`` is the
-``lora-patch`` command line with the hub commands wired in (whether or not ``cli.build_parser`` registers them yet).
+``python -m tests.patches.hub.scenarios SCENARIO ARGS_JSON RESULT_JSON`` runs one whole scenario against the loopback
+Hub named by ``HF_ENDPOINT`` and writes what it saw to RESULT_JSON; ``python -m tests.patches.hub.scenarios cli
+ARGV...`` is the ``lora-patch`` command line with the hub commands wired in.
 """
 
 from __future__ import annotations
@@ -125,8 +125,14 @@ def _error(fn, *args, **kwargs) -> dict[str, Any]:
     return {"raised": False}
 
 
+TRAINING_RECORD = {"kind": "bypass", "steps": 12, "epochs_completed": 3, "generator": "testbed", "images": 48,
+                   "data": "48 procedural testbed faces (train split, seed 0)", "config": {"epochs": 3}}
+"""The training record ``lora-patch train`` saves in lora_patch.json (budget fields)."""
+
+
 def _write_records(directory: str) -> None:
-    """training.json and summary.json as ``lora-patch train`` writes them (budget and evaluation numbers)."""
+    """A run's summary.json placed beside the patch (evaluation numbers, training seconds), and the training.json an
+    older version wrote (transported, not read)."""
     with open(os.path.join(directory, "training.json"), "w") as f:
         json.dump({"kind": "bypass", "steps": 12, "epochs_completed": 3, "generator": "testbed",
                    "data": "48 procedural testbed faces (train split, seed 0)", "config": {"epochs": 3},
@@ -152,7 +158,7 @@ def scenario_roundtrip(args: dict[str, Any]) -> dict[str, Any]:
     v1, v2 = _random_patch(base, seed=1), _random_patch(base, seed=2)
     out1, out2 = _outputs(v1), _outputs(v2)
     assert not _same(out1, out2)
-    dir1 = _save(v1, os.path.join(work, "v1"))
+    dir1 = _save(v1, os.path.join(work, "v1"), metadata=TRAINING_RECORD)
     _write_records(dir1)
     with open(os.path.join(dir1, "adapter_model.bin"), "wb") as f:
         f.write(b"not uploaded")  # a stray pickle next to the patch is never pushed
@@ -269,7 +275,7 @@ def scenario_cli(args: dict[str, Any]) -> dict[str, Any]:
 
     work, token = args["workdir"], args["token"]
     base = _toy_base()
-    patch_dir = _save(_random_patch(base, seed=5), os.path.join(work, "patch"))
+    patch_dir = _save(_random_patch(base, seed=5), os.path.join(work, "patch"), metadata=TRAINING_RECORD)
     _write_records(patch_dir)
     calls = {
         "push": ["push", patch_dir, "tester/cli-patch", "--token", token, "--message", "from the CLI"],

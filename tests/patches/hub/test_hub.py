@@ -1,7 +1,8 @@
 """Push / pull / inspect / CLI against a loopback Hub on 127.0.0.1 (no other network).
 
 The servers run in this process; the ``huggingface_hub`` client runs in fresh interpreters
-(``tests/patches/hub/scenarios.py``) because it reads ``HF_ENDPOINT`` and ``HF_HOME`` when it is imported. Each subprocess
+(``tests/patches/hub/scenarios.py``) because it reads ``HF_ENDPOINT`` and ``HF_HOME`` when it is imported. Each
+subprocess
 plays a whole scenario and writes what it saw to a JSON file; the tests below check it, and the server's own record
 of requests. Importing torch + peft costs most of each subprocess's time, so the scenarios the selected tests need
 start together, in threads, when the first of those tests asks for one (``jobs`` fixture).

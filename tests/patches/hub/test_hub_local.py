@@ -1,5 +1,5 @@
-"""Parts of lora_patch_adapters.patches (Hub sharing) that need no Hub at all: the model card, inspect on a directory, input checks
-(every case here fails or finishes before any request would be sent)."""
+"""Parts of lora_patch_adapters.patches' Hub sharing that need no Hub at all: the model card, inspect on a directory,
+input checks (every case here fails or finishes before any request would be sent)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_error_classes():
 
 
 def test_card_data_and_defensive_patch(tmp_path):
-    path, n = _patch_dir(tmp_path, training={"kind": "watermark", "generator": "stargan", "steps": 5},
+    path, n = _patch_dir(tmp_path, lora_patch={"training": {"kind": "watermark", "generator": "stargan", "steps": 5}},
                          summary={"watermark_visible_rate": 0.9})
     card = patches.make_model_card(path, repo_id="org/wm", card_data={"base_model": "org/stargan-celeba",
                                                                   "tags": ["custom", "peft"], "license": "mit"})
