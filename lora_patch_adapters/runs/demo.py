@@ -22,7 +22,7 @@ import torch
 
 from ..data.testbed import testbed_faces
 from ..defenses.pgd import PGD, PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
-from ..evaluation import evaluate_defense, evaluate_watermark
+from ..evaluation import evaluate_watermark
 from ..generators import load_editor
 from ..losses import MMFALoss
 from ..patches import load_patch, save_patch
@@ -31,6 +31,7 @@ from ..tuner.config import LoraPatchConfig
 from ..version import __version__
 from . import reporting
 from .summary import RunSummary
+from .train import before_and_after
 
 
 @dataclass
@@ -90,10 +91,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
     echo(f"[2/5] {defense_text} on {s.eval_images} held-out faces x {targets} targets, before and after "
          "patching (default scenario), and recomputed on the patched editor (leakage scenario)")
     grid_path = os.path.join(out_dir, reporting.GRID)
-    default = evaluate_defense(defense, base, test_x, test_labels, patched=editor, scenario="default",
-                               grid_path=grid_path, progress=progress)
-    leakage = evaluate_defense(defense, base, test_x, test_labels, patched=editor, scenario="leakage",
-                               progress=progress)
+    (default, leakage), headline = before_and_after(defense, base, editor, test_x, test_labels, grid_path, progress)
 
     # 4: save, reload, compare
     patch_dir = save_patch(bypass, os.path.join(out_dir, "bypass_patch"), metadata={"demo": asdict(s)})
@@ -134,10 +132,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
 
     seconds = time.perf_counter() - start
     results = {
-        "defense_success_rate_before": default.success_rate_base,
-        "defense_success_rate_after": default.success_rate_patched,
-        "defense_success_rate_after_leakage": leakage.success_rate_patched,
-        "clean_psnr_db": default.metrics["patched_clean"]["psnr"],
+        **{k: v for k, v in headline.items() if k != "evaluation"},
         "watermark_visible_rate": visibility["visible_rate"],
         "reload_max_abs_diff": reload_diff,
         "seconds": seconds,
@@ -145,7 +140,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
         "watermark_training_seconds": watermark_run.seconds,
         "bypass_grad_norm": bypass_run.grad_norm_stats(),
         "watermark": visibility,
-        "evaluation": {"default": default.to_dict(), "leakage": leakage.to_dict()},
+        "evaluation": headline["evaluation"],
         "settings": asdict(s),
         "paths": {"bypass_patch": patch_dir, "watermark_patch": watermark_dir, "grid": grid_path,
                   "watermark_grid": watermark_grid},

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from ..defenses.base import Defense
 from ..defenses.pgd import PGD, PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
-from ..evaluation import compare, evaluate_defense, evaluate_watermark
+from ..evaluation import EvaluationResult, compare, evaluate_defense, evaluate_watermark
 from ..generators import Editor
 from ..losses import MMFALoss
 from ..patches import save_patch
@@ -184,20 +185,32 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
     return summary
 
 
-def _evaluate_bypass(summary: RunSummary, defense: PGD, base: Editor, editor: Editor, images: torch.Tensor,
-                     labels: torch.Tensor, grid_path: str, protocol: str, progress: bool,
-                     echo: Callable[[str], None]) -> list[str]:
-    results = [evaluate_defense(defense, base, images, labels, patched=editor, scenario=scenario,
+def before_and_after(defense: Defense, base: Editor, patched: Editor, images: torch.Tensor, labels: torch.Tensor,
+                     grid_path: str | None, progress: bool) -> tuple[list[EvaluationResult], dict[str, Any]]:
+    """A bypass patch's headline: the defense before patching and after it, in the default scenario (protection
+    computed on the base editor, grid written) and the leakage scenario (computed on the patched editor). Returns
+    the two results and the record every run writes (``defense_success_rate_before`` / ``_after`` /
+    ``_after_leakage``, ``clean_psnr_db``, ``evaluation``)."""
+    results = [evaluate_defense(defense, base, images, labels, patched=patched, scenario=scenario,
                                 grid_path=grid_path if scenario == "default" else None, progress=progress)
                for scenario in ("default", "leakage")]
     default, leakage = results
-    summary.results.update({
+    record = {
         "defense_success_rate_before": default.success_rate_base,
         "defense_success_rate_after": default.success_rate_patched,
         "defense_success_rate_after_leakage": leakage.success_rate_patched,
         "clean_psnr_db": default.metrics["patched_clean"]["psnr"],
         "evaluation": {"default": default.to_dict(), "leakage": leakage.to_dict()},
-    })
+    }
+    return results, record
+
+
+def _evaluate_bypass(summary: RunSummary, defense: PGD, base: Editor, editor: Editor, images: torch.Tensor,
+                     labels: torch.Tensor, grid_path: str, protocol: str, progress: bool,
+                     echo: Callable[[str], None]) -> list[str]:
+    results, record = before_and_after(defense, base, editor, images, labels, grid_path, progress)
+    default = results[0]
+    summary.results.update(record)
     echo(compare(results))
     echo(f"clean edits, patched vs base: PSNR {summary.results['clean_psnr_db']:.2f} dB")
     header, rows = evaluation_rows(results)
