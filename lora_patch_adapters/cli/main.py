@@ -92,6 +92,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prog}: error: {message}", file=sys.stderr)
             return _exit_code(exc)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -43,10 +43,8 @@ def _as_feature_encoder(encoder: nn.Module) -> nn.Module:
 def _as_semantic_encoder(encoder: nn.Module) -> nn.Module:
     if isinstance(encoder, BlipVisionFeatures):
         return encoder
-    try:
-        from transformers import BlipVisionModel
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return encoder
+    from transformers import BlipVisionModel  # here: importing transformers is slow and only BLIP needs it
+
     return BlipVisionFeatures(encoder) if isinstance(encoder, BlipVisionModel) else encoder
 
 

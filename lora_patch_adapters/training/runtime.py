@@ -34,10 +34,6 @@ class Runtime:
     channels_last: bool
     compile_mode: str | None
 
-    @property
-    def deferred_sync(self) -> bool:
-        return self.fast
-
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the run's device, or nothing."""
         if self.amp_dtype is None:
