@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from lora_patch_adapters.defenses import Defense
-from lora_patch_adapters.defenses.base import clean_edits, disruption_loss, project, seeded_uniform
+from lora_patch_adapters.defenses.base import clean_edits, disruption_loss, project
 
 
 class MomentumPGD(Defense):
@@ -36,7 +36,7 @@ class MomentumPGD(Defense):
         references = clean_edits(editor, x, conditions)
         step = self.eps / self.steps * 2
         # a random start: at x itself the output change is zero and so is its gradient
-        x_adv, velocity = project(x + seeded_uniform(x, self.eps, self.seed), x, self.eps), torch.zeros_like(x)
+        x_adv, velocity = project(x + self.start_noise(x, self.eps), x, self.eps), torch.zeros_like(x)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(disruption_loss(editor, x_adv, conditions, references), x_adv)

@@ -1,8 +1,14 @@
-"""Proactive defenses (what a patch must defeat), behind one ``protect(x, editor, condition)`` API."""
+"""Proactive defenses (what a patch must defeat), behind one ``protect(x, editor, condition)`` API.
+
+Bases: :class:`Defense`, :class:`UniversalDefense`. Defenses: :class:`FGSM`, :class:`IFGSM`, :class:`PGD` (Disrupting
+Deepfakes), :class:`CMUA` (CMUA-Watermark), :class:`AntiForgery` (Anti-Forgery).
+"""
 
 from .anti_forgery import AntiForgery
-from .base import Defense
+from .base import Defense, UniversalDefense
 from .cmua import CMUA
-from .pgd import FGSM, IFGSM, PGD
+from .fgsm import FGSM
+from .ifgsm import IFGSM
+from .pgd import PGD
 
-__all__ = ["CMUA", "FGSM", "IFGSM", "PGD", "AntiForgery", "Defense"]
+__all__ = ["CMUA", "FGSM", "IFGSM", "PGD", "AntiForgery", "Defense", "UniversalDefense"]

@@ -1,20 +1,5 @@
-"""Anti-Forgery (Wang et al., IJCAI 2022): a perceptual-aware perturbation on the a and b channels of CIE Lab.
-
-"Anti-Forgery: Towards a Stealthy and Robust DeepFake Disruption Attack via Adversarial Perceptual-aware
-Perturbations". The image is converted to Lab and normalised (L -> (L - 50) / 100, a -> a / 110, b -> b / 110); a
-perturbation ``delta`` is added to the **a and b channels only** (lightness untouched), kept within ``+-eps`` in those
-normalised units, and optimised with Adam (lr 1e-4, 100 iterations) to maximise MSE(G(x_adv, c), G(x, c)), taking one
-target condition per iteration in turn. The protected image is the Lab image converted back to sRGB, clamped to
-[0, 1] and mapped to [-1, 1].
-
-The budget is therefore a Lab budget, not an RGB one: 0.05 normalised units is 5.5 a/b units, which can move an RGB
-channel by up to about 0.75 on the [-1, 1] scale (measured over the sRGB cube at the corners of the a/b box; about
-0.56 on the synthetic testbed faces), far more than the usual RGB budget of 0.05.
-``protect``'s final RGB L-inf projection (``self.eps``) is only an optional extra constraint (``rgb_eps``); without it
-``self.eps`` is 2.0, the diameter of [-1, 1], so the projection only clamps to [-1, 1] and never binds.
-
-With the paper's settings Adam moves each element by at most about ``lr`` per iteration, so 100 iterations at lr 1e-4
-reach roughly +-0.01 of the +-0.05 budget; the clamp only binds with larger learning rates or more iterations.
+"""Anti-Forgery (Wang et al., IJCAI 2022): a perceptual-aware perturbation on the a and b channels of CIE Lab; see
+:class:`AntiForgery` (and :func:`to_normalised_lab`, :func:`ab_perturb` for its colour maths).
 """
 
 from __future__ import annotations
@@ -23,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..generators.base import Editor
-from .base import Defense, clean_edits, seeded_uniform
+from .base import Defense, clean_edits
 from .checks import check_eps, check_lab_eps, check_lr, check_positive_int, check_seed
 from .color import denormalise_lab, lab_to_rgb, normalise_lab, rgb_to_lab
 
@@ -59,27 +44,50 @@ def ab_perturb(lab_normalised: torch.Tensor, delta_ab: torch.Tensor) -> torch.Te
 class AntiForgery(Defense):
     """Anti-Forgery: Adam on an a/b-channel perturbation in normalised Lab, within ``+-eps`` there.
 
-    Args:
+    Paper: Wang et al., "Anti-Forgery: Towards a Stealthy and Robust DeepFake Disruption Attack via Adversarial
+    Perceptual-aware Perturbations", IJCAI 2022.
+
+    Objective: maximise MSE(G(x_adv, c), G(x, c)) where ``x_adv`` is ``x`` converted to CIE Lab, normalised
+    (L -> (L - 50) / 100, a -> a / 110, b -> b / 110), with a perturbation ``delta`` added to the **a and b channels
+    only** (lightness untouched) and clamped to ``+-eps`` in those units, converted back to sRGB, clamped to [0, 1]
+    and mapped to [-1, 1]. ``delta`` is optimised with Adam (lr 1e-4, 100 iterations in the paper), taking one target
+    condition per iteration in turn (iteration ``i`` uses condition ``i % len(conditions)``).
+
+    The budget is a Lab budget, not an RGB one: 0.05 normalised units is 5.5 a/b units, which can move an RGB channel
+    by up to about 0.75 on the [-1, 1] scale (measured over the sRGB cube at the corners of the a/b box; about 0.56
+    on the synthetic testbed faces), far more than the usual RGB budget of 0.05. ``protect``'s final RGB L-inf
+    projection (``self.eps``) is only an optional extra constraint (``rgb_eps``); without it ``self.eps`` is 2.0, the
+    diameter of [-1, 1], so the projection only clamps to [-1, 1] and never binds. With the paper's settings Adam
+    moves each element by at most about ``lr`` per iteration, so 100 iterations at lr 1e-4 reach roughly +-0.01 of
+    the +-0.05 budget; the clamp only binds with larger learning rates or more iterations.
+
+    Args (keyword-only):
         eps: budget on the a and b channels in normalised Lab units (a / 110, b / 110), in (0, 1]; stored as
-            ``ab_eps``. Paper: 0.05 (5.5 a/b units).
-        steps: Adam iterations; the targets are cycled, one per iteration (iteration ``i`` uses condition
-            ``i % len(conditions)``). Paper: 100.
-        lr: Adam learning rate (betas 0.9, 0.999). Paper: 1e-4.
-        seed: seeds the random start (only used when ``random_start`` is true).
+            ``ab_eps``. Default 0.05 (the paper's; 5.5 a/b units).
+        steps: Adam iterations, >= 1. Default 100 (the paper's).
+        lr: Adam learning rate (betas 0.9, 0.999), > 0. Default 1e-4 (the paper's).
+        seed: seeds the random start (only used when ``random_start`` is true; a call's ``protect(..., seed=)``
+            overrides it). Default 0.
         rgb_eps: optional extra L-inf budget in RGB on the [-1, 1] scale, in (0, 1], enforced by ``protect``'s final
-            projection. ``None`` (default): no RGB budget, ``self.eps`` is 2.0 and never binds; the Lab budget is the
+            projection. Default ``None``: no RGB budget, ``self.eps`` is 2.0 and never binds; the Lab budget is the
             real constraint. Note that ``self.eps`` is this RGB radius (as for every :class:`Defense`), not the Lab
             budget ``eps``.
-        random_start: start from U(-eps, eps) noise drawn from ``seed`` instead of zeros. Default ``False``: the
+        random_start: start from U(-eps, eps) noise drawn from the seed instead of zeros. Default ``False``: the
             perturbation starts at zero, as in the paper's formulation. At exactly zero the loss and its gradient
             are only the round-off of the Lab round trip, but Adam normalises the gradient, so the first step already
             leaves zero and the loss grows from the second iteration on (measured on StarGAN-shaped generators at
             32 and 128 px). A random start spends most of the budget on noise when lr is as small as the paper's.
 
-    ``protect(x, editor, conditions)`` returns images in [-1, 1] whose normalised Lab a/b channels differ from those of
-    ``x`` by at most ``eps`` and whose lightness is unchanged, up to the round trip's round-off and to the clamping of
-    out-of-gamut colours into [0, 1] RGB. Deterministic given the arguments; the input is never modified. The
-    editor's parameters receive no gradients (only the perturbation is differentiated).
+    Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1] whose
+    normalised Lab a/b channels differ from those of ``x`` by at most ``eps`` and whose lightness is unchanged, up to
+    the round trip's round-off and to the clamping of out-of-gamut colours into [0, 1] RGB. Deterministic given the
+    arguments; the input is never modified. The editor's parameters receive no gradients (only the perturbation is
+    differentiated).
+
+    Example::
+
+        defense = AntiForgery(eps=0.05, steps=100, lr=1e-4)
+        x_protected = defense.protect(x, editor, editor.conditions(labels))
     """
 
     name = "anti_forgery"
@@ -105,11 +113,12 @@ class AntiForgery(Defense):
         self.eps = _UNBOUNDED_RGB_EPS if self.rgb_eps is None else self.rgb_eps
 
     def initial_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The starting a/b perturbation [N, 2, H, W] for images ``x`` (zeros, or seeded U(-eps, eps) noise)."""
+        """The starting a/b perturbation [N, 2, H, W] for images ``x`` [N, 3, H, W]: zeros, or (``random_start``)
+        U(-eps, eps) noise from this call's seed and noise rows (see :meth:`Defense.start_noise`)."""
         shape = (x.shape[0], 2, x.shape[2], x.shape[3])
         like = torch.empty(shape, device=x.device, dtype=_work_dtype(x))
         if self.random_start:
-            return seeded_uniform(like, self.ab_eps, self.seed, self.noise_rows)
+            return self.start_noise(like, self.ab_eps)
         return torch.zeros_like(like)
 
     def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 from .._checks import check_images, check_int, check_number, check_positive_int, check_value_range
 
-__all__ = ["check_eps", "check_image_range", "check_lab_eps", "check_lr", "check_positive_int", "check_seed",
-           "check_step_size"]
+__all__ = ["check_eps", "check_image_range", "check_lab_eps", "check_lr", "check_noise_rows", "check_positive_int",
+           "check_seed", "check_step_size"]
 
 
 def check_eps(eps: float, name: str = "eps") -> float:
@@ -31,6 +35,20 @@ def check_lr(lr: float) -> float:
 
 def check_seed(seed: int) -> int:
     return check_int(seed, "seed", minimum=0)
+
+
+def check_noise_rows(rows: Any) -> tuple[tuple[int, ...], int]:
+    """``rows = (indices, total)`` -- the images are rows ``indices`` of a batch of ``total`` -- as a tuple of ints
+    and an int, or a clear error (whether the indices fit the images is checked when the noise is drawn)."""
+    hint = ("noise_rows must be a pair (indices, total): the images are rows `indices` (a list of ints) of a batch "
+            "of `total` rows")
+    if not isinstance(rows, (tuple, list)) or len(rows) != 2 or not isinstance(rows[0], Sequence) \
+            or isinstance(rows[0], (str, bytes)):
+        raise ValueError(f"{hint}, got {rows!r}.")
+    indices, total = rows
+    if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in indices):
+        raise ValueError(f"{hint}; the indices must be ints, got {list(indices)!r}.")
+    return tuple(int(i) for i in indices), check_int(total, "noise_rows' total", minimum=1)
 
 
 def check_image_range(x: torch.Tensor, what: str = "images") -> None:

@@ -1,11 +1,5 @@
-"""CMUA-Watermark (Huang et al., AAAI 2022): one universal perturbation for all images and several editors.
-
-Fitting walks over batches of (images, labels); for each editor it runs ``steps`` signed-gradient ascent steps of
-MSE(G(x + delta, c), G(x, c)) (mean over the editor's target conditions for those labels) starting from the current
-universal perturbation, averages the resulting per-image perturbations over the batch, and folds the average into
-the universal one with momentum: ``delta <- clip(m * delta + (1 - m) * batch_mean, -eps, eps)``. Protecting is then
-just ``clip(x + delta, -1, 1)``, the same perturbation for every image, editor and condition.
-"""
+"""CMUA-Watermark (Huang et al., AAAI 2022): one universal perturbation for all images and several editors; see
+:class:`CMUA`."""
 
 from __future__ import annotations
 
@@ -15,22 +9,62 @@ from typing import Union
 import torch
 
 from ..generators.base import Editor
-from .base import Defense, clean_edits, disruption_loss, project, seeded_uniform
+from .base import (
+    PGD_EPS,
+    PGD_STEP_SIZE,
+    PGD_STEPS,
+    UniversalDefense,
+    clean_edits,
+    disruption_loss,
+    project,
+    seeded_uniform,
+)
 from .checks import check_eps, check_image_range, check_positive_int, check_step_size
+
+__all__ = ["CMUA"]
 
 Batches = Union[tuple[torch.Tensor, torch.Tensor], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
-class CMUA(Defense):
-    """Universal perturbation; call :meth:`fit` first, then :meth:`protect` (editor and condition are ignored)."""
+class CMUA(UniversalDefense):
+    """CMUA-Watermark: one universal perturbation, fitted for several editors, then added to every image.
+
+    Paper: Huang et al., "CMUA-Watermark: A Cross-Model Universal Adversarial Watermark for Combating Deepfakes",
+    AAAI 2022.
+
+    Objective: one ``delta`` [1, 3, H, W] with ``||delta||_inf <= eps`` that maximises MSE(G(x + delta, c), G(x, c))
+    over all images and editors. :meth:`fit` walks over batches of (images, labels); for each editor it runs
+    ``steps`` signed-gradient ascent steps of ``step_size`` on that MSE (mean over the editor's target conditions for
+    those labels) starting from the current ``delta``, averages the resulting per-image perturbations over the batch
+    and folds the average in with momentum: ``delta <- clip(m * delta + (1 - m) * batch_mean, -eps, eps)``. It starts
+    from seeded U(-eps, eps) noise (at zero the MSE gradient vanishes). :meth:`protect` is then
+    ``clip(x + delta, -1, 1)``, the same ``delta`` for every image, editor and condition.
+
+    Args:
+        eps: L-inf budget on the [-1, 1] scale, in (0, 1]. Default 0.05 (:data:`~.base.PGD_EPS`).
+        steps: ascent steps per editor and batch, >= 1. Default 10 (:data:`~.base.PGD_STEPS`).
+        step_size: size of each signed step, > 0. Default 0.01 (:data:`~.base.PGD_STEP_SIZE`).
+        momentum: weight ``m`` of the current perturbation in each update, in [0, 1). Default 0.5.
+        batch_size: batch size when :meth:`fit` is given an ``(images, labels)`` pair. Default 64.
+        seed: seeds the start and the shuffling of an ``(images, labels)`` pair. Default 0.
+
+    Shapes: :meth:`fit` takes images [N, 3, H, W] in [-1, 1] with labels [N, A]; ``protect(x)``: ``x``
+    [M, 3, H, W] in [-1, 1] of the same H, W -> [M, 3, H, W] in [-1, 1], within ``eps`` of ``x``;
+    :attr:`perturbation` [1, 3, H, W]. ``protect`` raises a ``RuntimeError`` before :meth:`fit`.
+
+    Example::
+
+        cmua = CMUA(eps=0.05, steps=10, step_size=0.01).fit((images, labels), [stargan, attgan])
+        x_protected = cmua.protect(x)  # editor and condition are not needed
+    """
 
     name = "cmua"
 
     def __init__(
         self,
-        eps: float = 0.05,
-        steps: int = 10,
-        step_size: float = 0.01,
+        eps: float = PGD_EPS,
+        steps: int = PGD_STEPS,
+        step_size: float = PGD_STEP_SIZE,
         momentum: float = 0.5,
         batch_size: int = 64,
         seed: int = 0,
@@ -96,18 +130,3 @@ class CMUA(Defense):
                 x_adv = project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps)
         batch_mean = (x_adv - x).mean(dim=0, keepdim=True)
         self.perturbation = (self.momentum * delta + (1 - self.momentum) * batch_mean).clamp(-self.eps, self.eps)
-
-    def protect(self, x: torch.Tensor, editor: Editor | None = None, condition=None) -> torch.Tensor:
-        """``clip(x + perturbation, -1, 1)``; ``editor`` and ``condition`` are accepted for the common API."""
-        if self.perturbation is None:
-            raise RuntimeError("CMUA has no perturbation yet: call fit(data, editors) first.")
-        check_image_range(x)
-        if x.shape[1:] != self.perturbation.shape[1:]:
-            raise ValueError(
-                f"The universal perturbation is {tuple(self.perturbation.shape[1:])}; images are {tuple(x.shape[1:])}."
-            )
-        x = x.detach()
-        return project(x + self.perturbation.to(device=x.device, dtype=x.dtype), x, self.eps)
-
-    def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:  # pragma: no cover
-        return self.protect(x)

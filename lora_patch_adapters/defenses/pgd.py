@@ -1,72 +1,42 @@
-"""Disrupting Deepfakes (Ruiz et al., 2020): per-image L-inf attacks that maximise the change of the edit.
+"""PGD (Disrupting Deepfakes, Ruiz et al. 2020): I-FGSM from a random start; see :class:`PGD`.
 
-All three maximise MSE(G(x', c), G(x, c)) over x' in the L-inf ball of radius ``eps`` around x (and in [-1, 1]):
-
-* :class:`FGSM`: one signed-gradient step of size ``eps``;
-* :class:`IFGSM`: ``steps`` signed steps of ``step_size`` from x, projected after each step;
-
-(the gradient of the MSE vanishes exactly at x, whose edit *is* the reference, so these two start from x plus a tiny
-seeded offset of ``eps / 100``;)
-
-* :class:`PGD`: the same from a uniform random start in the ball (the field's default: eps 0.05, 10 steps, step 0.01).
-
-Given a list of conditions, the objective is the mean over them, so one protected image disrupts every edit.
-Gradients are taken w.r.t. the input only (``torch.autograd.grad``); the generator's parameters are not touched.
+Also re-exports :class:`~.ifgsm.IFGSM`, :class:`~.fgsm.FGSM` and the field's settings ``PGD_EPS``, ``PGD_STEPS``,
+``PGD_STEP_SIZE`` (defined in :mod:`.base`), which other modules import from here.
 """
 
 from __future__ import annotations
 
-import torch
+from .base import PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
+from .fgsm import FGSM
+from .ifgsm import IFGSM
 
-from ..generators.base import Editor
-from .base import Defense, clean_edits, disruption_loss, project, seeded_uniform
-from .checks import check_eps, check_positive_int, check_step_size
-
-PGD_EPS = 0.05
-"""The field's L-inf budget on the [-1, 1] scale (Disrupting Deepfakes, CMUA-Watermark, LoRA patching)."""
-PGD_STEPS = 10
-PGD_STEP_SIZE = 0.01
-
-
-class IFGSM(Defense):
-    """Iterative FGSM: ``steps`` signed-gradient ascent steps of ``step_size`` from the clean image."""
-
-    name = "ifgsm"
-    random_start = False
-
-    def __init__(self, eps: float = PGD_EPS, steps: int = PGD_STEPS, step_size: float = PGD_STEP_SIZE,
-                 seed: int = 0) -> None:
-        self.eps = check_eps(eps)
-        self.steps = check_positive_int(steps, "steps")
-        self.step_size = check_step_size(step_size)
-        self.seed = int(seed)
-
-    def _start(self, x: torch.Tensor) -> torch.Tensor:
-        radius = self.eps if self.random_start else self.eps / 100  # see the module docstring
-        return project(x + seeded_uniform(x, radius, self.seed, self.noise_rows), x, self.eps)
-
-    def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:
-        references = clean_edits(editor, x, conditions)
-        x_adv = self._start(x)
-        for _ in range(self.steps):
-            x_adv.requires_grad_(True)
-            loss = disruption_loss(editor, x_adv, conditions, references)
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            x_adv = project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps)
-        return x_adv
+__all__ = ["FGSM", "IFGSM", "PGD", "PGD_EPS", "PGD_STEPS", "PGD_STEP_SIZE"]
 
 
 class PGD(IFGSM):
-    """Projected gradient descent with a uniform random start in the eps-ball (seeded)."""
+    """Projected gradient descent: :class:`~.ifgsm.IFGSM` from a seeded uniform random start in the eps-ball.
+
+    Paper: Ruiz, Bargal and Sclaroff, "Disrupting Deepfakes: Adversarial Attacks Against Conditional Image
+    Translation Networks and Facial Manipulation Systems", ECCV Workshops 2020 (after Madry et al., 2018).
+
+    Objective: maximise MSE(G(x + delta, c), G(x, c)) over ``||delta||_inf <= eps`` with ``x + delta`` in [-1, 1]
+    (mean over the conditions when given a list), by ``steps`` signed-gradient steps of ``step_size`` from
+    ``x + U(-eps, eps)``, projected after each step. The field's setting: eps 0.05, 10 steps of 0.01.
+
+    Args:
+        eps: L-inf budget on the [-1, 1] scale, in (0, 1]. Default 0.05 (:data:`PGD_EPS`).
+        steps: number of steps, >= 1. Default 10 (:data:`PGD_STEPS`).
+        step_size: size of each signed step on the [-1, 1] scale, > 0. Default 0.01 (:data:`PGD_STEP_SIZE`).
+        seed: seed of the random start (a call's ``protect(..., seed=)`` overrides it). Default 0.
+
+    Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1], within
+    ``eps`` of ``x``; deterministic given the seed.
+
+    Example::
+
+        defense = PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE, seed=0)
+        x_protected = defense.protect(x, editor, editor.conditions(labels)[0], seed=7)  # this call's start
+    """
 
     name = "pgd"
     random_start = True
-
-
-class FGSM(IFGSM):
-    """Fast gradient sign method: one step of size ``eps``."""
-
-    name = "fgsm"
-
-    def __init__(self, eps: float = PGD_EPS, seed: int = 0) -> None:
-        super().__init__(eps=eps, steps=1, step_size=eps, seed=seed)

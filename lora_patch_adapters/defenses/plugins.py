@@ -1,4 +1,4 @@
-"""Naming a defense: a built-in name, or a user's defense that follows the protocol, loaded without touching the package.
+"""Naming a defense: a built-in name, or a user's defense that follows the protocol, loaded without editing the package.
 
 A *spec* is one of
 
@@ -21,8 +21,8 @@ defense against K generators at once, see ``generators/ensemble.py``); ``conditi
 of them; return protected images of the same shape. An ``eps`` attribute declares the L-inf budget on the [-1, 1]
 scale (otherwise the ``eps`` given to :func:`load_defense`); a universal defense also has ``fit(data, editors)``
 where ``data`` is an ``(images, labels)`` pair. Outputs outside the declared budget are an error, not clipped: an
-audit of a defense that exceeds its budget would overstate it. A user's :class:`Defense` subclass is trusted with
-its own budget (its ``protect`` projects onto ``eps``).
+audit of a defense that exceeds its budget would overstate it. A user's :class:`Defense` subclass implements
+``_protect`` (``protect`` is final) and is trusted with its own budget (``protect`` projects onto ``eps``).
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ import torch
 
 from ..generators.base import Editor
 from .anti_forgery import AntiForgery
-from .base import Conditions, Defense
-from .checks import check_eps, check_image_range, check_positive_int
+from .base import Defense
+from .checks import check_eps, check_positive_int
 from .cmua import CMUA
-from .pgd import FGSM, IFGSM, PGD
+from .fgsm import FGSM
+from .ifgsm import IFGSM
+from .pgd import PGD
 
 BUILTIN_DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
 # iterations of the built-in defenses when ``steps`` is not given (Anti-Forgery: 100 Adam steps, the others PGD-10)
@@ -79,9 +81,10 @@ def builtin_defense(name: str, eps: float = 0.05, steps: int | None = None, seed
 class PluginDefense(Defense):
     """A user's protect function or protocol object behind the :class:`Defense` API, with its outputs checked.
 
-    ``protect`` hands the user's code the images (detached), the editor and the condition(s) exactly as given, then
-    requires a float tensor of the input's shape, finite, within ``eps`` of the input (L-inf) after clamping to
-    [-1, 1]; anything else raises :class:`DefenseOutputError` naming the defense and the fix.
+    :meth:`Defense.protect` validates the inputs as for every defense; :meth:`_protect` then hands the user's code a
+    copy of the images (detached), the editor and the condition(s) exactly as given, and :meth:`_finish` requires a
+    float tensor of the input's shape, finite, within ``eps`` of the input (L-inf) after clamping to [-1, 1];
+    anything else raises :class:`DefenseOutputError` naming the defense and the fix.
     """
 
     def __init__(self, protect: Callable[..., torch.Tensor], name: str, eps: float, source: Any = None,
@@ -92,13 +95,16 @@ class PluginDefense(Defense):
         self.eps = check_eps(eps)
         self.spec = spec
 
-    def protect(self, x: torch.Tensor, editor: Editor, condition: Conditions) -> torch.Tensor:
-        check_image_range(x)
-        if not isinstance(editor, Editor):
-            raise TypeError(f"protect() needs an Editor, got {type(editor).__name__}.")
-        x = x.detach()
-        with torch.enable_grad():
-            out = self._protect_fn(x.clone(), editor, condition)
+    def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> Any:
+        """The user's ``protect(x.clone(), editor, condition)``, with ``condition`` exactly as the caller gave it."""
+        call = self._current_call()
+        condition = call.condition if call is not None else conditions
+        return self._protect_fn(x.clone(), editor, condition)
+
+    def _finish(self, x_protected: Any, x: torch.Tensor) -> torch.Tensor:
+        """The user's output checked, not clipped (beyond clamping to [-1, 1]): :class:`DefenseOutputError` unless it
+        is a float tensor of ``x``'s shape, finite and within ``eps`` of ``x`` (L-inf)."""
+        out = x_protected
         if not isinstance(out, torch.Tensor):
             raise DefenseOutputError(f"Defense {self.name!r} returned {type(out).__name__}, not a tensor: protect() "
                                      "must return the protected images [N, 3, H, W] in [-1, 1].")
@@ -116,9 +122,6 @@ class PluginDefense(Defense):
                 f"budget eps={self.eps:g}: declare the real budget as an `eps` attribute of the defense (or pass "
                 "--eps), or keep the perturbation within it.")
         return out
-
-    def _protect(self, x: torch.Tensor, editor: Editor, conditions: list) -> torch.Tensor:  # pragma: no cover
-        return self.protect(x, editor, conditions)
 
     def __deepcopy__(self, memo: dict) -> PluginDefense:
         import copy

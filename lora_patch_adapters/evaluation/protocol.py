@@ -228,7 +228,8 @@ def _evaluate(
     transformed = {name: {"disrupted": 0, "disrupted_clean": 0, "mse": 0.0, "mse_clean": 0.0} for name in transforms}
     linf, protected_psnr = 0.0, 0.0
     n_samples, n_conditions = 0, None
-    grid_rows: list[torch.Tensor] | None = None
+    grid_parts: list[list[torch.Tensor]] = []  # per batch: the six grid rows of its first grid images
+    grid_count = 0
     bar = tqdm(total=images.shape[0], disable=not options.progress, unit="image", dynamic_ncols=True,
                desc=f"{getattr(defense, 'name', 'defense')} ({scenario})")
     for start in range(0, images.shape[0], batch_size):
@@ -249,12 +250,14 @@ def _evaluate(
                     tallies[name].add("base_protected", base_scores, threshold)
                     for group, output in outputs.items():
                         tallies[name].add(group, _scores(output, reference, mask), threshold)
-                    if grid_rows is None and grid_path is not None and index == 0 and name == grid_patch:
-                        k = min(options.grid_images, x.shape[0])
-                        grid_rows = [t[:k].clamp(-1, 1).cpu() for t in (
+                    if (grid_path is not None and index == 0 and name == grid_patch
+                            and grid_count < options.grid_images):  # the first images, across batches
+                        k = min(options.grid_images - grid_count, x.shape[0])
+                        grid_parts.append([t[:k].clamp(-1, 1).cpu() for t in (
                             x, x_protected, reference, base_output, outputs["patched_clean"],
                             outputs["patched_protected"],
-                        )]
+                        )])
+                        grid_count += k
                 for name, transform in transforms.items():
                     for suffix, source in (("", x_protected), ("_clean", x)):
                         mse = metrics.mse(base.edit(transform(source).clamp(-1, 1), condition).clamp(-1, 1),
@@ -268,8 +271,9 @@ def _evaluate(
         first = tallies[next(iter(tallies))].disrupted
         bar.set_postfix({"disrupted base": first["base"], "patched": first["patched"]}, refresh=False)
     bar.close()
-    if grid_rows is not None:
-        grid = torchvision.utils.make_grid(torch.cat(grid_rows), nrow=grid_rows[0].shape[0], normalize=True,
+    if grid_parts:
+        grid_rows = [torch.cat([part[row] for part in grid_parts]) for row in range(len(grid_parts[0]))]
+        grid = torchvision.utils.make_grid(torch.cat(grid_rows), nrow=grid_count, normalize=True,
                                            value_range=(-1, 1), padding=2)
         torchvision.utils.save_image(grid, grid_path)
     transform_results = {

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_images
+from .._checks import check_images, check_positive_int
 from ..defenses.base import Defense
 from ..defenses.pgd import PGD
 from ..generators.base import Editor
@@ -96,6 +96,7 @@ def evaluate_watermark(
     visible fractions per input kind and overall (``visible_rate``), and mean visibility scores. ``progress``: show
     a progress bar.
     """
+    check_positive_int(batch_size, "batch_size")
     defense = defense if defense is not None else PGD()
     device = base.device
     counts = {"clean": 0, "protected_vs_base": 0, "protected_vs_patched": 0}

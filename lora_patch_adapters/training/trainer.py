@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..defenses.base import Defense, inputs_already_checked
 from ..defenses.checks import check_image_range
-from ..defenses.pgd import PGD
+from ..defenses.pgd import PGD, PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
 from ..generators.base import Editor
 from ..losses import MMFALoss
 from ..tuner.config import LoraPatchConfig
@@ -122,8 +122,10 @@ class PatchTrainer:
         editor: the editor whose generator is patched in place (``editor.edit`` runs the patched network).
         patch: a :class:`LoraPatchConfig` (default :attr:`default_patch_config`) to create the patch, or the
             ``peft.PeftModel`` that already wraps ``editor.generator``.
-        attack: the inner maximisation; default ``PGD(eps=0.05, steps=10, step_size=0.01)``. It is copied, and its
-            ``seed`` (if it has one) is re-derived from the run's seed at every step.
+        attack: the inner maximisation, a :class:`~lora_patch_adapters.defenses.base.Defense`; default
+            ``PGD(eps=0.05, steps=10, step_size=0.01)`` (the field's ``PGD_EPS``, ``PGD_STEPS``, ``PGD_STEP_SIZE``).
+            It is copied and never modified: every call gets a seed derived from the run's seed
+            (``protect(..., seed=)``).
         loss: an :class:`MMFALoss` (default :meth:`default_loss`).
         config: a :class:`TrainingConfig`.
         output_dir: where checkpoints go (``output_dir/checkpoints/step-N``); None keeps everything in memory.
@@ -159,7 +161,8 @@ class PatchTrainer:
         self.adapter_name = adapter_name
         self.model = self._attach(editor, patch, adapter_name)
         self.runtime = resolve_runtime(self.config, editor.device)
-        self.attack = copy.deepcopy(attack) if attack is not None else PGD(eps=0.05, steps=10, step_size=0.01)
+        self.attack = copy.deepcopy(attack) if attack is not None else \
+            PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE)
         self.loss = (loss if loss is not None else self.default_loss()).to(editor.device)
         self.parameters = patch_parameters(self.model)
         if not self.parameters:
@@ -245,22 +248,14 @@ class PatchTrainer:
 
     def protect(self, x: torch.Tensor, condition: Any, seed: int = 0,
                 noise_rows: tuple[list[int], int] | None = None) -> torch.Tensor:
-        """The inner maximisation: ``attack`` run against the *current* patched generator (``seed`` re-seeds it;
-        ``noise_rows`` places ``x`` in a larger batch, see :func:`~lora_patch_adapters.defenses.base.seeded_uniform`).
-        On the fast path the patch is frozen meanwhile (input-only gradients; one composed kernel per layer)."""
-        if hasattr(self.attack, "seed"):
-            self.attack.seed = seed
-        set_rows = noise_rows is not None and hasattr(self.attack, "noise_rows")
-        if set_rows:
-            self.attack.noise_rows = noise_rows
-        try:
-            if not self.runtime.fast:
-                return self.attack.protect(x, self.editor, condition)
-            with frozen(self.parameters), inputs_already_checked():
-                return self.attack.protect(x, self.editor, condition)
-        finally:
-            if set_rows:
-                del self.attack.noise_rows  # back to the class default (keeps repr(attack) clean)
+        """The inner maximisation: ``attack`` run against the *current* patched generator, with this call's ``seed``
+        for its random start and ``noise_rows`` placing ``x`` in a larger batch (both passed to
+        :meth:`~lora_patch_adapters.defenses.base.Defense.protect`; the attack object is never modified). On the
+        fast path the patch is frozen meanwhile (input-only gradients; one composed kernel per layer)."""
+        if not self.runtime.fast:
+            return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
+        with frozen(self.parameters), inputs_already_checked():
+            return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
 
     def _reference(self, x: torch.Tensor, condition: Any, cache_keys: list[tuple] | None) -> torch.Tensor:
         """The frozen base generator's clean edit, from the cross-epoch cache when every row is in it."""

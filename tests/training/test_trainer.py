@@ -45,6 +45,20 @@ def test_inner_attack_stays_within_eps_and_targets_the_current_patched_model(pix
     assert not torch.allclose(against_base, x_protected)
 
 
+def test_inner_attack_gets_the_seed_and_noise_rows_per_call_without_being_modified(pixel_loss):
+    editor = tiny_editor()
+    trainer = BypassTrainer(editor, patch=KAIMING, loss=pixel_loss, config=quick_config(),
+                            attack=PGD(eps=0.05, steps=2, step_size=0.02, seed=0))
+    before = (dict(vars(trainer.attack)), repr(trainer.attack))
+    x, labels = tiny_data(4)
+    condition = editor.conditions(labels)[0]
+    got = trainer.protect(x, condition, seed=7)
+    assert torch.equal(got, PGD(eps=0.05, steps=2, step_size=0.02, seed=7).protect(x, editor, condition))
+    rows = trainer.protect(x[:2], condition[:2], seed=7, noise_rows=([2, 3], 4))
+    assert torch.equal(rows, trainer.attack.protect(x[:2], editor, condition[:2], seed=7, noise_rows=([2, 3], 4)))
+    assert (dict(vars(trainer.attack)), repr(trainer.attack)) == before
+
+
 def test_one_step_changes_only_patch_parameters(pixel_loss):
     editor = tiny_editor()
     trainer = BypassTrainer(editor, patch=KAIMING, loss=pixel_loss, config=quick_config(max_steps=1),
