@@ -54,9 +54,11 @@ def add_forensics_command(subparsers: Any) -> None:
 
 
 def _cli_error(exc: BaseException) -> Exception:
+    # imported here: building this command's parser must import nothing of the package (tested by loading it alone)
+    from .._checks import one_line
     from ._args import CLIError
 
-    return CLIError(" ".join(str(exc).split()) or type(exc).__name__, 1)
+    return CLIError(one_line(exc) or type(exc).__name__, 1)
 
 
 def cmd_forensics(args: argparse.Namespace) -> int:

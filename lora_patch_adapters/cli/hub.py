@@ -19,6 +19,8 @@ import os
 import shutil
 from typing import Any
 
+from .._checks import one_line
+
 
 def add_hub_commands(subparsers: Any) -> None:
     """Register ``push``, ``pull`` and ``inspect`` on ``subparsers`` (the ``add_subparsers()`` action of the
@@ -71,7 +73,7 @@ def add_hub_commands(subparsers: Any) -> None:
 def _cli_error(exc: BaseException) -> Exception:
     from ._args import CLIError
 
-    return CLIError(" ".join(str(exc).split()) or type(exc).__name__, 1)
+    return CLIError(one_line(exc) or type(exc).__name__, 1)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -54,8 +54,8 @@ class AntiForgery(Defense):
     condition per iteration in turn (iteration ``i`` uses condition ``i % len(conditions)``).
 
     The budget is a Lab budget, not an RGB one: 0.05 normalised units is 5.5 a/b units, which can move an RGB channel
-    by up to about 0.75 on the [-1, 1] scale (measured over the sRGB cube at the corners of the a/b box; about 0.56
-    on the synthetic testbed faces), far more than the usual RGB budget of 0.05. ``protect``'s final RGB L-inf
+    far more than the usual RGB budget of 0.05 (benchmarks/README.md, "Measurements behind defaults", has the
+    numbers). ``protect``'s final RGB L-inf
     projection (``self.eps``) is only an optional extra constraint (``rgb_eps``); without it ``self.eps`` is 2.0, the
     diameter of [-1, 1], so the projection only clamps to [-1, 1] and never binds. With the paper's settings Adam
     moves each element by at most about ``lr`` per iteration, so 100 iterations at lr 1e-4 reach roughly +-0.01 of
@@ -75,8 +75,8 @@ class AntiForgery(Defense):
         random_start: start from U(-eps, eps) noise drawn from the seed instead of zeros. Default ``False``: the
             perturbation starts at zero, as in the paper's formulation. At exactly zero the loss and its gradient
             are only the round-off of the Lab round trip, but Adam normalises the gradient, so the first step already
-            leaves zero and the loss grows from the second iteration on (measured on StarGAN-shaped generators at
-            32 and 128 px). A random start spends most of the budget on noise when lr is as small as the paper's.
+            leaves zero and the loss grows from the second iteration on (see benchmarks/README.md). A random
+            start spends most of the budget on noise when lr is as small as the paper's.
 
     Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1] whose
     normalised Lab a/b channels differ from those of ``x`` by at most ``eps`` and whose lightness is unchanged, up to

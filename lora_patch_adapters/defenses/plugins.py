@@ -39,7 +39,7 @@ import torch
 
 from ..generators.base import Editor
 from .anti_forgery import AntiForgery
-from .base import Defense
+from .base import PGD_EPS, Defense
 from .checks import check_eps, check_positive_int
 from .cmua import CMUA
 from .fgsm import FGSM
@@ -60,7 +60,7 @@ class DefenseOutputError(ValueError):
     """A plug-in defense returned something other than protected images within its budget."""
 
 
-def builtin_defense(name: str, eps: float = 0.05, steps: int | None = None, seed: int = 0) -> Defense:
+def builtin_defense(name: str, eps: float = PGD_EPS, steps: int | None = None, seed: int = 0) -> Defense:
     """A built-in defense with the field's settings: iterative ones take ``steps`` (default 10; Anti-Forgery 100
     Adam steps) of size ``2 * eps / steps``; Anti-Forgery's ``eps`` is in normalised Lab a/b units."""
     if name not in BUILTIN_DEFENSES:
@@ -261,7 +261,7 @@ def _looks_like_file(target: str) -> bool:
     return target.endswith(".py") or os.sep in target or "/" in target or os.path.isfile(target)
 
 
-def load_defense(spec: str, eps: float = 0.05, seed: int = 0, steps: int | None = None) -> Defense:
+def load_defense(spec: str, eps: float = PGD_EPS, seed: int = 0, steps: int | None = None) -> Defense:
     """The defense named by ``spec`` (see the module docstring) as a :class:`Defense`.
 
     ``eps`` (L-inf, [-1, 1] scale) and ``seed`` are passed to constructors that take them and are the budget of

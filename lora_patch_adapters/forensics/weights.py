@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import one_line
 from ..generators.base import Editor
 from ..generators.checkpoints import CheckpointError, identify_layout, read_checkpoint
 from ..patches.format import CONFIG_NAME as PATCH_CONFIG
@@ -94,7 +95,7 @@ def _read_file(path: str, role: str) -> dict[str, torch.Tensor]:
                 "(torch.load(weights_only=True) refused it); re-save only the state dict "
                 "(torch.save(model.state_dict(), path)) or convert it to safetensors."
             ) from exc
-        raise ForensicsError(f"{role}: {' '.join(str(exc).split())}") from exc
+        raise ForensicsError(f"{role}: {one_line(exc)}") from exc
     return _state_dict_of(obj, f"{role} file {path!r}")
 
 
@@ -192,7 +193,7 @@ def _patch_reference(path: str) -> ExpectedReference:
             with open(file, encoding="utf-8") as handle:
                 data = json.load(handle)
         except (OSError, ValueError) as exc:
-            raise ForensicsError(f"reference {file!r} is not readable JSON ({' '.join(str(exc).split())}).") from exc
+            raise ForensicsError(f"reference {file!r} is not readable JSON ({one_line(exc)}).") from exc
         fingerprint = data.get("base_fingerprint") if isinstance(data, dict) else None
         if fingerprint is None:
             continue

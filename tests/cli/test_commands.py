@@ -340,3 +340,24 @@ def test_demo_quick_in_a_real_process(tmp_path):
     assert isinstance(summary["clean_psnr_db"], float) and summary["reload_max_abs_diff"] == 0.0
     assert summary["seconds"] > 0 and summary["settings"]["train_images"] == cli.QUICK_DEMO["train_images"]
     assert (out / "report.md").is_file() and (out / "grid.png").is_file()
+
+
+def test_parser_defaults_are_the_run_settings_defaults():
+    """The parser keeps its defaults literal (building it imports no torch); the runs' settings and the defenses'
+    constants are the library's. They must agree."""
+    import dataclasses
+
+    from lora_patch_adapters.cli import _args
+    from lora_patch_adapters.defenses.base import PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
+    from lora_patch_adapters.runs import EvaluateSettings, TrainSettings
+
+    assert (_args.PGD_EPS, _args.PGD_STEPS, _args.PGD_STEP_SIZE) == (PGD_EPS, PGD_STEPS, PGD_STEP_SIZE)
+    parser = cli.build_parser()
+    cases = ((["train", "--out", "x"], TrainSettings(), {"out", "argv"}),
+             (["evaluate", "p"], EvaluateSettings(), {"patch", "argv", "defense"}))
+    for argv, defaults, skipped in cases:
+        args = parser.parse_args(argv)
+        compared = [f.name for f in dataclasses.fields(defaults) if f.name not in skipped and hasattr(args, f.name)]
+        assert len(compared) > 15
+        for name in compared:
+            assert getattr(args, name) == getattr(defaults, name), (argv[0], name)
