@@ -19,9 +19,12 @@ Matrix views of a weight (rank is a property of a matrix, so 4-D kernels are fla
   ``B @ A.movedim(1, 0).flatten(1)`` of shape ``[out, in*kh*kw]``, rank <= r. In the dim-0 view the same patch has
   rank up to ``min(in, r*kh*kw)``.
 
-A state dict does not say whether a 4-D kernel belongs to a Conv2d or a ConvTranspose2d, so both views are computed
-and the smaller rank is kept: the view that matches the layer type shows the patch's rank, the other one shows a
-larger rank (or, with fewer than r rows, its full rank), and a dense change is full rank in both.
+A state dict does not say whether a 4-D kernel belongs to a Conv2d or a ConvTranspose2d, so both views are computed.
+The view that matches the layer type shows the patch's rank; the other one shows a larger rank, or -- with fewer than
+r rows, e.g. the 8 input channels of StarGAN's first layer under a rank-16 patch -- its full rank, which says nothing
+about the change. So a rank-deficient view is preferred (the smaller rank among them); a layer with fewer than r
+rows in its matching view (the 3-channel output conv) then uses whichever view stays within the patch rank the other
+layers establish; a dense change is full rank in both.
 
 Classification: a changed matrix is low-rank when its rank is at most half its smaller side; those layers give the
 patch rank r, and a changed layer of rank <= r also fits the patch (a layer with fewer than r rows in some view is

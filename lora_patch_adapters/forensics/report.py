@@ -43,7 +43,9 @@ class ForensicsError(ValueError):
 class LayerReport:
     """One compared tensor.
 
-    ``rank``: numerical rank of the difference in the matrix view with the smaller rank (None for 1-D tensors);
+    ``rank``: numerical rank of the difference in the matrix view that shows it (a rank-deficient view first, the
+    smaller rank among those; a view within the network's patch rank for layers too narrow to show it; None for 1-D
+    tensors);
     ``full_rank``: ``min(rows, cols)`` of that view; ``relative_change``: ``||dW||_F / ||W_ref||_F`` (None when the
     reference is zero); ``energy_top_rank``: ``sum_{i<=rank} s_i^2 / sum s_i^2`` in [0, 1]; ``signal_energy``: the
     same over the singular values above the round-off floor only (below 1 only when ``rtol`` cuts off real

@@ -106,14 +106,22 @@ def compare_layer(name: str, model: torch.Tensor, reference: torch.Tensor, rtol:
         return LayerReport(name, shape, False, "unchanged", rank=0, full_rank=full, view=views[0][0],
                            relative_change=0.0, max_abs_diff=0.0)
     spectra = [_spectrum(delta, magnitude, eps, rtol, label, dim) for label, dim in _views(delta)]
-    best = min(spectra, key=lambda s: (s.rank, -s.full_rank))
+    # A view whose rank is its full rank says nothing about the change (a [8, ...] view of a Conv2d with 8 input
+    # channels is rank 8 whatever the patch), so prefer a rank-deficient view; among those (or among full-rank ones,
+    # for a dense change) the smaller rank.
+    best = min(spectra, key=lambda s: (s.rank >= s.full_rank, s.rank, -s.full_rank))
     changed = best.rank > 0
-    return LayerReport(
-        name, shape, changed, "unchanged" if not changed else "other change",  # refined by _classify
-        rank=best.rank, full_rank=best.full_rank, view=best.view, relative_change=relative,
-        energy_top_rank=best.energy, signal_energy=best.signal_energy, max_abs_diff=max_abs,
-        threshold=best.threshold, singular_values=best.values,
-    )
+    report = LayerReport(name, shape, changed, "unchanged" if not changed else "other change",  # refined later
+                         relative_change=relative, max_abs_diff=max_abs)
+    _use_view(report, best)
+    report._views = spectra  # both views, for patch_rank (not part of the report's fields)
+    return report
+
+
+def _use_view(report: LayerReport, spectrum: _Spectrum) -> None:
+    report.rank, report.full_rank, report.view = spectrum.rank, spectrum.full_rank, spectrum.view
+    report.energy_top_rank, report.signal_energy = spectrum.energy, spectrum.signal_energy
+    report.threshold, report.singular_values = spectrum.threshold, spectrum.values
 
 
 def patch_rank(layers: list[LayerReport]) -> int | None:
@@ -134,6 +142,11 @@ def patch_rank(layers: list[LayerReport]) -> int | None:
     clear = [layer.rank for layer in changed if energetic(layer) and layer.rank <= layer.full_rank // 2]
     estimate = max(clear) if clear else None
     for layer in changed:
+        # A layer with fewer output channels than the patch rank (e.g. the RGB output conv) is full rank in the view
+        # that matches its type, while the other view shows a large rank; the view within the estimate fits.
+        fitting = [s for s in getattr(layer, "_views", []) if estimate is not None and 0 < s.rank <= estimate]
+        if estimate is not None and layer.rank > estimate and fitting:
+            _use_view(layer, min(fitting, key=lambda s: s.rank))
         fits = layer.rank <= layer.full_rank // 2 or (estimate is not None and layer.rank <= estimate)
         layer.verdict = "low-rank patch merged" if energetic(layer) and fits else "other change"
     merged = [layer for layer in changed if layer.verdict == "low-rank patch merged"]

@@ -395,3 +395,30 @@ def test_errors_name_the_problem(tmp_path, testbed_reference):
     truncated.write_bytes(b"\x10\x00")
     with pytest.raises(ForensicsError, match="model: .*not a readable safetensors file"):
         analyse(str(truncated), testbed_reference)
+
+
+class _FewChannels(nn.Module):
+    """StarGAN's first layer has 8 input channels (RGB + 5 condition maps); a patch rank above that must still show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(8, 64, 7, padding=3)
+        self.up = nn.ConvTranspose2d(8, 48, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.up(self.first(x)[:, :8])
+
+
+@pytest.mark.parametrize("r", [12, 16])
+def test_patch_rank_above_the_input_channel_count_is_found(r):
+    torch.manual_seed(r)
+    base = _FewChannels()
+    reference = _state(base)
+    merged = _small_patch(base, r, b_std=1e-2).merge_and_unload()
+    report = analyse(merged, reference)
+    layers = {layer.name: layer for layer in report.layers if layer.is_matrix}
+    # Conv2d [64, 8, 7, 7]: the [dim1, rest] view is [8, ...], rank 8 for any change; the patch shows in [dim0, rest]
+    assert layers["first.weight"].rank == r and layers["first.weight"].view == "[dim0, rest]"
+    # ConvTranspose2d [8, 48, 4, 4]: the patch shows in [dim1, rest] ([48, 8*16]); [dim0, rest] is [8, ...]
+    assert layers["up.weight"].rank == r and layers["up.weight"].view == "[dim1, rest]"
+    assert report.verdict == "low-rank patch merged" and report.rank == r
