@@ -81,6 +81,24 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+MAX_SEED = 2**63 - 1
+"""The largest seed torch.Generator.manual_seed accepts for every generator the package seeds."""
+
+
+def seed_value(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    value = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a learning rate in (0, 1] (Adam; 1e-3 is the paper's), got {text!r}")
+    return value
+
+
 def eps_value(text: str) -> float:
     value = _number(text, float)
     if not 0 < value <= 1:
@@ -143,7 +161,7 @@ def add_inputs(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--out", metavar="DIR", required=out_required,
                    help="output folder for summary.json, report.md, grid.png" + (" and the patch" if out_required
                                                                                  else ""))
-    p.add_argument("--seed", type=non_negative_int, default=42, help="seed for everything (default: 42)")
+    p.add_argument("--seed", type=seed_value, default=42, help="seed for everything (default: 42)")
     p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
 
 

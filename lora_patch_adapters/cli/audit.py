@@ -25,9 +25,9 @@ from ._args import (
     CLIError,
     add_inputs,
     eps_value,
+    learning_rate,
     non_negative_float,
     non_negative_int,
-    positive_float,
     positive_int,
     settings_from,
 )
@@ -107,7 +107,7 @@ def add_audit_command(subparsers: Any) -> None:
     g.add_argument("--rank", type=positive_int, default=8, metavar="R", help="patch rank (default: 8)")
     g.add_argument("--init", choices=INITS, default="kaiming",
                    help="patch initialisation (default: kaiming, the paper's)")
-    g.add_argument("--lr", type=positive_float, default=1e-3, metavar="X", help="Adam learning rate (default: 1e-3)")
+    g.add_argument("--lr", type=learning_rate, default=1e-3, metavar="X", help="Adam learning rate (default: 1e-3)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant", help="(default: constant)")
     g.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help="(default: 4)")
     g.add_argument("--schedule", choices=SCHEDULES, default="per_condition",

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ._args import device_name, non_negative_int
+from ._args import device_name, seed_value
 
 # --quick: one optimiser step per patch and target, one evaluation image (a smoke run; the numbers mean nothing).
 QUICK_DEMO = {"train_images": 4, "eval_images": 1, "watermark_train_images": 2, "watermark_eval_images": 1,
@@ -18,7 +18,7 @@ def add_demo_command(sub: Any) -> None:
                           description="Train a bypass and a defensive patch on the shipped testbed editor and "
                                       "report the defense before / after, fidelity, reload and warning visibility.")
     demo.add_argument("--out", metavar="DIR", default=os.path.join("runs", "demo"), help="(default: runs/demo)")
-    demo.add_argument("--seed", type=non_negative_int, default=0, help="(default: 0)")
+    demo.add_argument("--seed", type=seed_value, default=0, help="(default: 0)")
     demo.add_argument("--device", type=device_name, default="cpu", help="(default: cpu)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--quick", action="store_true", help="a fast smoke run (numbers meaningless)")

@@ -361,3 +361,19 @@ def test_parser_defaults_are_the_run_settings_defaults():
         assert len(compared) > 15
         for name in compared:
             assert getattr(args, name) == getattr(defaults, name), (argv[0], name)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--out", "o", "--seed", str(2**63)], "[0, 2**63 - 1]"),
+    (["train", "--out", "o", "--seed", "-1"], "[0, 2**63 - 1]"),
+    (["demo", "--seed", str(2**64)], "[0, 2**63 - 1]"),
+    (["audit", "--lr", "2"], "learning rate in (0, 1]"),
+    (["audit", "--lr", "0"], "learning rate in (0, 1]"),
+])
+def test_numeric_flags_are_bounded(capsys, argv, fragment, tmp_path):
+    assert fragment in _one_line_error(capsys, argv, 2)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_largest_seed_is_accepted():
+    assert cli.build_parser().parse_args(["train", "--out", "o", "--seed", str(2**63 - 1)]).seed == 2**63 - 1
