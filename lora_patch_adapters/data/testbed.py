@@ -179,11 +179,28 @@ def render_faces(identity: FaceIdentity, labels: torch.Tensor, size: int = 64) -
     return (canvas.clamp(0, 1) * 2 - 1).contiguous()
 
 
+MAX_BATCH_BYTES = 4 * 2**30
+"""The largest image batch (float32 bytes) one call renders: a larger request is refused before anything is
+allocated (rendering also needs a few times this in temporaries)."""
+
+
+def _check_batch_size(n: int, size: int) -> None:
+    if isinstance(n, int) and isinstance(size, int) and n > 0 and size > 0:
+        needed = n * 3 * size * size * 4
+        if needed > MAX_BATCH_BYTES:
+            most = MAX_BATCH_BYTES // (3 * size * size * 4)
+            raise ValueError(f"{n} testbed faces of {size}x{size} px would take {needed / 2**30:.1f} GiB; draw at most "
+                             f"{most} per call at this size (e.g. in chunks of faces with the same seed: the sequence "
+                             "is prefix-stable).")
+
+
 def testbed_faces(
     n: int, seed: int = 0, size: int = 64, split: str = "test"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` testbed faces: (images [n, 3, size, size] in [-1, 1], labels [n, 5] float 0/1) over
-    :data:`TESTBED_ATTRIBUTES`. Deterministic in ``(n, seed, size, split)``; train and test faces never coincide."""
+    :data:`TESTBED_ATTRIBUTES`. Deterministic in ``(n, seed, size, split)``; train and test faces never coincide.
+    Requests over :data:`MAX_BATCH_BYTES` are refused before anything is allocated."""
+    _check_batch_size(n, size)
     identity, labels = sample_faces(n, seed=seed, split=split)
     return render_faces(identity, labels, size=size), labels
 
@@ -194,6 +211,7 @@ def testbed_edits(
     """Ground-truth edits of the faces of :func:`testbed_faces` with the same arguments: for each target label
     tensor [n, 5] in ``targets`` (e.g. ``load_editor("testbed").conditions(labels)``), the same faces rendered
     with those attributes, [n, 3, size, size] in [-1, 1]."""
+    _check_batch_size(n, size)
     identity, _ = sample_faces(n, seed=seed, split=split)
     return [render_faces(identity, target, size=size) for target in targets]
 

@@ -99,3 +99,17 @@ def test_bad_arguments():
         render_faces(identity, torch.zeros(3, 5))
     with pytest.raises(ValueError, match="size must be an integer >= 16"):
         render_faces(identity, torch.zeros(2, 5), size=8)
+
+
+def test_a_request_too_large_to_render_is_refused_before_allocating(monkeypatch):
+    import lora_patch_adapters.data.testbed as testbed
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the size check")
+
+    monkeypatch.setattr(testbed, "sample_faces", no_sampling)
+    with pytest.raises(ValueError, match=r"10000000 testbed faces of 64x64 px would take 457\.8 GiB; draw at most "
+                                         r"87381 per call"):
+        testbed.testbed_faces(10_000_000)
+    with pytest.raises(ValueError, match="draw at most"):
+        testbed.testbed_edits(10_000_000, [])
