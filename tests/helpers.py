@@ -60,3 +60,15 @@ def fake_celeba(root, rows=(0, 1, 29000, 29001)):
     for i in rows:
         Image.new("RGB", (178, 218), (40 + 50 * (i % 3), 120, 90)).save(images / f"{i + 1:06d}.jpg")
     return images, attr
+
+
+def write_celeba_attr(path, filenames):
+    """A valid CelebA attribute file at ``path`` listing ``filenames`` (all 40 attributes; row r has 1 at the columns
+    c with (r + c) even, -1 elsewhere); returns ``path``."""
+    from lora_patch_adapters.data import CELEBA_ATTRIBUTES
+
+    rows = [
+        name + "".join(f" {1 if (r + c) % 2 == 0 else -1:>2}" for c in range(40)) for r, name in enumerate(filenames)
+    ]
+    path.write_text("\n".join([str(len(filenames)), " ".join(CELEBA_ATTRIBUTES), *rows]) + "\n")
+    return path

@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -45,17 +46,11 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from ..generators.stargan import STARGAN_ATTRIBUTES  # the default label columns
+from .images import read_image, to_rgb
 
 __all__ = [
-    "CELEBA_ATTRIBUTES",
-    "PRESETS",
-    "SPLITS",
-    "STARGAN_ATTRIBUTES",
-    "CelebA",
-    "CelebAAttributes",
-    "Preprocessing",
-    "make_transform",
-    "read_attr_file",
+    "CELEBA_ATTRIBUTES", "PRESETS", "SPLITS", "STARGAN_ATTRIBUTES", "CelebA", "CelebAAttributes", "Preprocessing",
+    "make_transform", "read_attr_file",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -63,49 +58,13 @@ SizeArg = Union[int, Sequence[int]]
 
 #: The 40 CelebA attributes, in the column order of ``list_attr_celeba.txt``.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
-    "5_o_Clock_Shadow",
-    "Arched_Eyebrows",
-    "Attractive",
-    "Bags_Under_Eyes",
-    "Bald",
-    "Bangs",
-    "Big_Lips",
-    "Big_Nose",
-    "Black_Hair",
-    "Blond_Hair",
-    "Blurry",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Chubby",
-    "Double_Chin",
-    "Eyeglasses",
-    "Goatee",
-    "Gray_Hair",
-    "Heavy_Makeup",
-    "High_Cheekbones",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "Narrow_Eyes",
-    "No_Beard",
-    "Oval_Face",
-    "Pale_Skin",
-    "Pointy_Nose",
-    "Receding_Hairline",
-    "Rosy_Cheeks",
-    "Sideburns",
-    "Smiling",
-    "Straight_Hair",
-    "Wavy_Hair",
-    "Wearing_Earrings",
-    "Wearing_Hat",
-    "Wearing_Lipstick",
-    "Wearing_Necklace",
-    "Wearing_Necktie",
-    "Young",
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
+    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie", "Young",
 )
-
-#: The five attributes StarGAN's CelebA model is conditioned on, in its order (the :class:`CelebA` default).
 
 
 # ---------------------------------------------------------------------------------------------------- attribute file
@@ -155,6 +114,29 @@ class CelebAAttributes:
         return indices
 
 
+def _decode_attr_text(path: Path, data: bytes) -> str:
+    """The attribute file's text: UTF-8 (with or without a byte-order mark), or UTF-16 when it starts with a UTF-16
+    byte-order mark (Windows' "Unicode" text). Anything else is refused, never guessed: a Latin-1 reading would turn
+    non-ASCII file names into names no image has."""
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    try:
+        text = data.decode("utf-16" if utf16 else "utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{path}, line {line}: byte 0x{data[exc.start]:02x} (offset {exc.start}) is not "
+            f"{'UTF-16' if utf16 else 'UTF-8'}; the attribute file must be UTF-8 text (or UTF-16 with a byte-order "
+            f"mark): re-save it as UTF-8, e.g. with 'iconv -f latin1 -t utf-8' for a Latin-1 file"
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ValueError(
+            f"{path}, line {line}: NUL characters (UTF-16 without a byte-order mark, or not a text file?); the "
+            f"attribute file must be UTF-8 text: re-save it as UTF-8"
+        )
+    return text
+
+
 def read_attr_file(path: PathLike) -> CelebAAttributes:
     """Read a CelebA attribute file (``list_attr_celeba.txt`` or the CelebA-HQ file of the same layout).
 
@@ -168,8 +150,9 @@ def read_attr_file(path: PathLike) -> CelebAAttributes:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: malformed content; the message names the file, the line number and what was expected
-            (line 1 not an image count, an empty or repeated attribute name, a row with the wrong number of values,
-            a value other than -1/1, a repeated file name, or a row count different from line 1's).
+            (text neither UTF-8 nor UTF-16 with a byte-order mark, line 1 not an image count, an empty or repeated
+            attribute name, a row with the wrong number of values, a value other than -1/1, a repeated file name,
+            or a row count different from line 1's).
     """
     path = Path(path)
     if not path.is_file():
@@ -178,8 +161,7 @@ def read_attr_file(path: PathLike) -> CelebAAttributes:
         raise FileNotFoundError(
             f"CelebA attribute file {path} not found (expected list_attr_celeba.txt from the CelebA 'Anno' folder)"
         )
-    with open(path, encoding="utf-8-sig") as handle:
-        lines = handle.read().splitlines()
+    lines = _decode_attr_text(path, path.read_bytes()).splitlines()
 
     def fail(line_number: int, message: str) -> ValueError:
         return ValueError(f"{path}, line {line_number}: {message}")
@@ -289,11 +271,11 @@ def make_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """Build the PIL image -> tensor pipeline of a preset (or of explicit numbers).
 
-    The pipeline is ``CenterCrop(crop)`` (if any) -> ``Resize(size)`` -> ``ToTensor`` -> ``Normalize(0.5, 0.5)``,
-    giving a float tensor ``[3, H, W]`` in [-1, 1] for an RGB image. ``Resize`` with an int scales the *shorter*
-    side to ``size`` and keeps the aspect ratio (the official behaviour), so a non-square image without a crop
-    (e.g. the 178x218 aligned CelebA under ``"hisd"``) comes out non-square; pass ``size=(256, 256)`` to force a
-    square. A crop larger than the image pads it with black.
+    The pipeline is :func:`to_rgb` -> ``CenterCrop(crop)`` (if any) -> ``Resize(size)`` -> ``ToTensor`` ->
+    ``Normalize(0.5, 0.5)``, giving a float tensor ``[3, H, W]`` in [-1, 1] for an image of any common mode.
+    ``Resize`` with an int scales the *shorter* side to ``size`` and keeps the aspect ratio (the official
+    behaviour), so a non-square image without a crop (e.g. the 178x218 aligned CelebA under ``"hisd"``) comes out
+    non-square; pass ``size=(256, 256)`` to force a square. A crop larger than the image pads it with black.
 
     Args:
         preset: a key of :data:`PRESETS` (``"stargan"``, ``"attgan"``, ``"hisd"``, ``"testbed"``), or ``None``.
@@ -303,7 +285,7 @@ def make_transform(
             Required when ``preset`` is ``None``.
 
     Returns:
-        A ``torchvision.transforms.Compose`` mapping a PIL RGB image to a float tensor ``[3, H, W]`` in [-1, 1].
+        A ``torchvision.transforms.Compose`` mapping a PIL image to a float tensor ``[3, H, W]`` in [-1, 1].
 
     Raises:
         ValueError: unknown preset, no size, or a malformed crop/size.
@@ -324,7 +306,7 @@ def make_transform(
             f"make_transform needs a preset ({', '.join(PRESETS)}) or an explicit size (e.g. size=256)"
         )
 
-    steps: list[Callable] = []
+    steps: list[Callable] = [to_rgb]  # 16-bit, palette and transparent images get their defined RGB
     if chosen_crop is not None:
         steps.append(transforms.CenterCrop(chosen_crop))
     steps += [
@@ -337,12 +319,8 @@ def make_transform(
 
 # ------------------------------------------------------------------------------------------------------------ dataset
 #: Named row ranges ``[start, stop)`` of the attribute file (file order).
-SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType(
-    {
-        "paper-train": (0, 1000),  # the first 1000 images
-        "paper-test": (29000, 30000),  # the images from index 29000 of the 30k subset
-    }
-)
+#: "paper-train": the first 1000 images; "paper-test": the 1000 images from index 29000 of the 30k subset.
+SPLITS: Mapping[str, tuple[int, int]] = MappingProxyType({"paper-train": (0, 1000), "paper-test": (29000, 30000)})
 
 _LAYOUT_HINT = (
     "image_dir must be the folder that holds the images named in the attribute file, "
@@ -356,7 +334,8 @@ class CelebA(Dataset):
 
     ``dataset[i]`` returns ``(image, labels)``: ``image`` a float tensor ``[3, H, W]`` in [-1, 1] (RGB; ``H = W =
     256`` under the ``"stargan"`` and ``"attgan"`` presets), ``labels`` a float tensor ``[A]`` of 0/1 over
-    ``attributes`` in the given order. Images are read lazily; a missing file is reported when it is accessed.
+    ``attributes`` in the given order. Images are read lazily: a missing or bad file is reported (with its row) when
+    accessed (:func:`read_image`).
 
     Args:
         image_dir: the folder holding the images (e.g. ``celeba/img_align_celeba``).
@@ -481,8 +460,7 @@ class CelebA(Dataset):
         index = self._check_index(index)
         path = self.image_dir / self._filenames[index]
         try:
-            with Image.open(path) as handle:
-                image = handle.convert("RGB")
+            image = read_image(path, context=f"row {self.rows[index]} of {self.attr_path or 'the attribute table'}")
         except FileNotFoundError:
             nested = [
                 folder

@@ -112,9 +112,41 @@ def pick_state_dict(obj: Any, key: str | None, model_name: str, path: PathLike) 
     return dict(obj)
 
 
+def _weight_problems(state_dict: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """What makes ``state_dict`` unfit for a model whose own state dict is ``expected``, one entry per key, e.g.
+    ``'"main.0.weight": holds NaN (3 of 432 values)'``: NaN or Inf, a value beyond the model's float type (it would
+    become Inf), or integer / bool / complex tensors where the model holds float ones (``load_state_dict`` would
+    cast them silently). Keys whose model tensor is not floating point (``num_batches_tracked``) are not judged."""
+    problems = []
+    for key, value in state_dict.items():
+        own = expected.get(key)
+        if own is None or not own.is_floating_point():
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f'"{key}": a {type(value).__name__} where a float tensor is expected')
+            continue
+        if not value.is_floating_point():
+            kind = "bool" if value.dtype == torch.bool else "complex" if value.is_complex() else "integer"
+            problems.append(f'"{key}": {kind} values ({value.dtype}) where float weights are expected')
+            continue
+        if value.device.type == "meta" or value.numel() == 0:
+            continue
+        if not bool(torch.isfinite(value).all()):
+            counts = {"NaN": int(torch.isnan(value).sum()), "Inf": int(torch.isinf(value).sum())}
+            held = " and ".join(f"{name} ({n} of {value.numel()} values)" for name, n in counts.items() if n)
+            problems.append(f'"{key}": holds {held}')
+        elif torch.finfo(own.dtype).max < torch.finfo(value.dtype).max:  # e.g. float32 file, float16 model
+            largest = float(value.detach().abs().max())
+            if largest > torch.finfo(own.dtype).max:
+                problems.append(f'"{key}": holds {largest:.3g}, beyond {own.dtype} (it would load as Inf)')
+    return problems
+
+
 def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], model_name: str, path: PathLike) -> None:
     """``module.load_state_dict(state_dict, strict=True)``, accepting files with or without ``num_batches_tracked``
-    buffers, and raising :class:`CheckpointError` that names the file's actual model when the layout differs."""
+    buffers, and raising :class:`CheckpointError` that names the file's actual model when the layout differs, or
+    the key and the problem when a value is unfit (NaN/Inf, integer or bool where float weights are expected). Every
+    check runs before anything is copied: after an error the module is unchanged."""
     own = module.state_dict()
     state = dict(state_dict)
     for key in own:
@@ -143,5 +175,12 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], model_n
         hint = f" Load it as {actual!r} instead." if actual else ""
         raise CheckpointError(
             f"{os.fspath(path)!r} does not fit {model_name}: it is {what}; " + "; ".join(details) + "." + hint
+        )
+    problems = _weight_problems(state, own)
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{os.fspath(path)!r} cannot be loaded into {model_name}: " + "; ".join(problems[:3]) + more
+            + ". Nothing was loaded (the model is unchanged); the file is corrupted or not this model's weights."
         )
     module.load_state_dict(state, strict=True)

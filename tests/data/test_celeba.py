@@ -224,7 +224,7 @@ def test_images_are_converted_to_rgb(fake):
     data = dataset(fake, preset="testbed")
     gray, _ = data[3]  # "L" image
     assert gray.shape[0] == 3 and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-    rgba, _ = data[4]  # RGBA image: alpha dropped
+    rgba, _ = data[4]  # RGBA image: composited on white, so the red channel stays at 1
     assert rgba.shape == (3, 64, 64) and torch.allclose(rgba[0], torch.ones(64, 64))
     jpeg, _ = data[2]  # a real JPEG
     assert jpeg.shape == (3, 78, 64) and jpeg[2].mean() > 0.5  # mostly blue or white
@@ -402,3 +402,47 @@ def test_bad_start_stop(fake):
         dataset(fake, start=-1)
     with pytest.raises(ValueError, match="stop must be a non-negative int"):
         dataset(fake, stop=2.5)
+
+
+# ------------------------------------------------------------------------------------------------------ encodings
+def test_utf16_attr_file_with_a_byte_order_mark_reads_like_utf8(tmp_path):
+    text = "\n".join(good_lines()) + "\n"
+    reference = tmp_path / "utf8.txt"
+    reference.write_text(text, encoding="utf-8")
+    for encoding in ("utf-16", "utf-16-be"):  # Python's "utf-16" writes a little-endian byte-order mark
+        path = tmp_path / f"{encoding}.txt"
+        data = text.encode(encoding)
+        path.write_bytes(data if encoding == "utf-16" else b"\xfe\xff" + data)
+        table = read_attr_file(path)
+        assert table.filenames == ["000001.jpg", "000002.jpg", "000003.jpg"] and table.names == list(CELEBA_ATTRIBUTES)
+        assert torch.equal(table.values, read_attr_file(reference).values)
+    with_bom = tmp_path / "utf8-bom.txt"
+    with_bom.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert torch.equal(read_attr_file(with_bom).values, read_attr_file(reference).values)
+
+
+def test_latin1_attr_file_names_the_file_line_and_expected_encoding(tmp_path):
+    lines = good_lines()
+    lines[3] = lines[3].replace("000002.jpg", "caf\u00e9.jpg")
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(ValueError) as caught:
+        read_attr_file(path)
+    message = str(caught.value)
+    assert not isinstance(caught.value, UnicodeDecodeError)
+    assert message.startswith(f"{path}, line 4: byte 0xe9 ") and "is not UTF-8" in message
+    assert "must be UTF-8 text" in message and "re-save it as UTF-8" in message
+    with pytest.raises(ValueError, match=r"line 4: byte 0xe9"):
+        CelebA(tmp_path, path)
+
+
+def test_utf16_without_byte_order_mark_or_binary_content_is_named(tmp_path):
+    path = tmp_path / "list_attr_celeba.txt"
+    path.write_bytes(("\n".join(good_lines()) + "\n").encode("utf-16-le"))  # no BOM: valid UTF-8 full of NULs
+    with pytest.raises(ValueError, match=r"line 1: NUL characters \(UTF-16 without a byte-order mark") as caught:
+        read_attr_file(path)
+    assert str(path) in str(caught.value) and "must be UTF-8 text" in str(caught.value)
+    path.write_bytes(b"\xff\xfe" + "3\n".encode("utf-16-le") + b"\x00")  # a BOM, then an odd byte count
+    with pytest.raises(ValueError, match=r"is not UTF-16; the attribute file must be UTF-8 text") as caught:
+        read_attr_file(path)
+    assert not isinstance(caught.value, UnicodeDecodeError) and str(path) in str(caught.value)
