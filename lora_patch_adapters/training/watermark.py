@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .._checks import check_images, one_line
+from ..data.images import MAX_IMAGE_PIXELS
 
 __all__ = [
     "POSITIONS",
@@ -232,6 +233,9 @@ def load_warning_image(path: PathLike) -> torch.Tensor:
         raise FileNotFoundError(f"watermark image not found: {path}")
     try:
         with Image.open(path) as image:
+            if image.size[0] * image.size[1] > MAX_IMAGE_PIXELS:  # from the header, before decoding any pixel
+                raise ValueError(f"its header declares {image.size[0]}x{image.size[1]} pixels, more than "
+                                 f"MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS} (a decompression bomb?)")
             image.load()
             has_alpha = "A" in image.getbands() or "transparency" in image.info
             converted = image.convert("RGBA" if has_alpha else "RGB")

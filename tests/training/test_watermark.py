@@ -336,3 +336,15 @@ def test_to_dict_from_dict_round_trip(tmp_path):
         Watermark(image=torch.ones(4, 8, 8)).to_dict()
     with pytest.raises(ValueError, match="unknown Watermark keys"):
         Watermark.from_dict({"size": 0.3, "opacity": 1.0})
+
+
+def test_a_mark_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    import lora_patch_adapters.training.watermark as watermark_module
+
+    monkeypatch.setattr(watermark_module, "MAX_IMAGE_PIXELS", 100)
+    path = tmp_path / "mark.png"
+    Image.new("RGBA", (11, 10), (255, 0, 0, 255)).save(path)
+    with pytest.raises(ValueError, match=r"mark\.png: its header declares 11x10 pixels, more than MAX_IMAGE_PIXELS=100"):
+        load_warning_image(path)
+    Image.new("RGBA", (10, 10), (255, 0, 0, 255)).save(path)
+    assert load_warning_image(path).shape == (4, 10, 10)
