@@ -17,7 +17,6 @@ MERGEABLE_GATES = ("none", "basic")
 """Gates whose value does not depend on the input, so that the patch folds into the base weight."""
 
 
-
 def unmergeable_gate_error(adapter_name: str, gate: str) -> ValueError:
     """The error for merging an adapter whose gate depends on the input."""
     return ValueError(
@@ -96,7 +95,8 @@ class LoraPatchConfig(PeftConfig):
         metadata={
             "help": "Modules to patch, as in PEFT: a list of names (exact or dotted suffix) or a regex that must "
             "match the whole module name. None = every Conv2d and ConvTranspose2d (plus Linear when "
-            "include_linear); the discovered names are stored here, sorted, when the patch is created."
+            "include_linear); the discovered names are written into this config object, sorted, when the patch is "
+            "created (a config object already filled in for another model is copied instead of overwritten)."
         },
     )
     include_linear: bool = field(
@@ -125,8 +125,10 @@ class LoraPatchConfig(PeftConfig):
     base_fingerprint: str | None = field(
         default=None,
         metadata={
-            "help": "'sha256:<hex>' fingerprint of the base weights of the targeted layers the patch was saved from "
-            "(written by lora_patch_adapters.save_patch; see lora_patch_adapters.tuner.fingerprint.base_fingerprint). "
+            "help": "'sha256:<hex>' fingerprint of the base weights of the targeted layers the patch was made for "
+            "(see lora_patch_adapters.tuner.fingerprint.base_fingerprint). When None, it is computed and written "
+            "here when the patch is injected (unless the base weights are on the meta device or merged), so every "
+            "save path -- peft's save_pretrained, save_patch, trainer checkpoints -- records it. "
             "When set, injecting the patch into a model whose targeted layers differ raises FingerprintMismatchError "
             "(opt out: "
             "load_patch(..., allow_fingerprint_mismatch=True), or LORA_PATCH_ALLOW_FINGERPRINT_MISMATCH=1 for plain "

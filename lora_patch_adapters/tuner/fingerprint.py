@@ -11,7 +11,9 @@ selection, the base fingerprint, and the check that runs when a patch with a rec
 * :func:`verify_injection_fingerprint` -- called by ``LoraPatchModel.inject_adapter``: plain
   ``peft.PeftModel.from_pretrained`` / ``load_adapter`` of a patch whose config carries ``base_fingerprint`` refuses a
   different base (:class:`FingerprintMismatchError`) before any layer is replaced; the environment variable
-  ``LORA_PATCH_ALLOW_FINGERPRINT_MISMATCH=1`` turns that into a warning.
+  ``LORA_PATCH_ALLOW_FINGERPRINT_MISMATCH=1`` turns that into a warning. A config without a fingerprint gets one at
+  injection instead (``LoraPatchModel.inject_adapter`` stamps ``base_fingerprint`` over the targeted layers, unless
+  they are on the meta device or carry merged weights), so every save path records it.
 
 :class:`PatchLoadError` is the root of every refusal to load a patch (the rest live in
 :mod:`lora_patch_adapters.patches.errors`); it is defined here because the tuner itself refuses mismatched bases.

@@ -2,6 +2,10 @@
 
 Each gate is a small ``nn.Module`` (stored per adapter in a ``ModuleDict``). Input-independent gates (``none``,
 ``basic``) also expose :meth:`Gate.factor`, which is what lets a patch be fused into, or merged with, the base weight.
+
+Every gate parameter has at least one dimension (scalars are stored with shape ``(1,)``), so that flat-parameter
+wrappers such as ``torch.distributed.fsdp`` and PEFT's own utilities (which index ``param[0]``) handle them. Files
+written before that change hold 0-d gate tensors; :meth:`Gate._load_from_state_dict` still loads them.
 """
 
 from __future__ import annotations
@@ -16,12 +20,32 @@ class Gate(nn.Module):
 
     input_independent: bool = False
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        # Patches saved before gate scalars became (1,)-shaped store them as 0-d tensors: read those as (1,).
+        for name, param in self._parameters.items():
+            key = prefix + name
+            value = state_dict.get(key)
+            if param is not None and isinstance(value, torch.Tensor) and value.dim() == 0 and param.shape == (1,):
+                state_dict[key] = value.reshape(1)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def constant_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors an input-independent gate's value depends on (for cache keys)."""
         return ()
 
     def factor(self) -> float | torch.Tensor:
-        """The input-independent gate value (a float or a 0-dim tensor)."""
+        """The input-independent gate value (a float, or a tensor of shape ``(1,)``)."""
         raise TypeError(
             f"{type(self).__name__} depends on the layer's input, so it has no constant value and its patch cannot "
             "be merged into the base weights; use gate='basic' or 'none' for mergeable patches."
@@ -41,13 +65,14 @@ class NoGate(Gate):
 
 
 class BasicGate(Gate):
-    """``gate='basic'``: one learnable scalar per layer, ``sigmoid(logit)``; ``logit`` starts at ``gate_init``."""
+    """``gate='basic'``: one learnable scalar per layer, ``sigmoid(logit)``; ``logit`` (shape ``(1,)``) starts at
+    ``gate_init``."""
 
     input_independent = True
 
     def __init__(self, gate_init: float) -> None:
         super().__init__()
-        self.logit = nn.Parameter(torch.tensor(float(gate_init)))
+        self.logit = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def constant_tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.logit,)
@@ -62,14 +87,15 @@ class BasicGate(Gate):
 class InputAdaptiveGate(Gate):
     """``gate='input_adaptive'``: ``sigmoid(weight * mean(u) + bias)``, one scalar per sample (conv: mean over C, H,
     W) or per row (Linear: mean over features): a learnable 1->1 affine, ``weight`` starting at 0 and ``bias`` at
-    ``gate_init``. Parameters sit directly on the gate so that saved keys read ``lora_patch_gate.weight`` / ``.bias``.
+    ``gate_init``, both of shape ``(1,)``. Parameters sit directly on the gate so that saved keys read
+    ``lora_patch_gate.weight`` / ``.bias``.
     """
 
     def __init__(self, gate_init: float, reduce_dims: tuple[int, ...]) -> None:
         super().__init__()
         self.reduce_dims = reduce_dims
-        self.weight = nn.Parameter(torch.zeros(()))
-        self.bias = nn.Parameter(torch.tensor(float(gate_init)))
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.bias = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def forward(self, update: torch.Tensor) -> torch.Tensor:
         mean = update.mean(dim=self.reduce_dims, keepdim=True)

@@ -75,13 +75,20 @@ class GatedLoraLayer(BaseTunerLayer):
         base_weight = self.get_base_layer().weight
         dtype = base_weight.dtype if base_weight.dtype.is_floating_point else None
         for container in (self.lora_patch_A, self.lora_patch_B, self.lora_patch_gate):
-            container[adapter_name].to(device=base_weight.device, dtype=dtype)
+            module = container[adapter_name]
+            # low_cpu_mem_usage=True creates the adapter on the meta device (peft's init_empty_weights): there is no
+            # data to move; peft assigns the loaded tensors and moves them to the base layer's device afterwards.
+            if not any(p.is_meta for p in module.parameters()):
+                module.to(device=base_weight.device, dtype=dtype)
         self.set_adapter(self.active_adapters)
 
     def reset_patch_parameters(self, adapter_name: str, init_weights: str) -> None:
-        """Initialise A (Kaiming-uniform) and B (zeros for ``"zero"``, Kaiming-uniform for ``"kaiming"``)."""
+        """Initialise A (Kaiming-uniform) and B (zeros for ``"zero"``, Kaiming-uniform for ``"kaiming"``); a no-op
+        for an adapter created on the meta device (its values come from the loaded file)."""
         a = self.lora_patch_A[adapter_name].weight
         b = self.lora_patch_B[adapter_name].weight
+        if a.is_meta or b.is_meta:
+            return
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         if init_weights == "zero":
             nn.init.zeros_(b)
@@ -189,22 +196,34 @@ class GatedLoraLayer(BaseTunerLayer):
             if name in self.gate_type and not self.lora_patch_gate[name].input_independent:
                 raise unmergeable_gate_error(name, self.gate_type[name])
 
+    def check_finite_merge(self, adapter_names: list[str]) -> None:
+        """Raise peft's ``ValueError`` ("NaNs detected in the merged weights. The adapter <name> seems to be broken")
+        if merging ``adapter_names`` one after the other would give a non-finite weight; changes nothing."""
+        with torch.no_grad():
+            weight = self.get_base_layer().weight.data
+            for name in adapter_names:
+                if name not in self.lora_patch_A:
+                    continue
+                weight = self.compose_weight(weight, [name])
+                if not torch.isfinite(weight).all():
+                    raise broken_adapter_error(name)
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Add ``gate * scale * dW`` of the (active) adapters to the base weight, in place."""
+        """Add ``gate * scale * dW`` of the (active) adapters to the base weight, in place. With ``safe_merge``, a
+        merge that would give non-finite weights raises peft's "NaNs detected in the merged weights" ``ValueError``
+        before this layer's weight is touched."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         if not adapter_names:
             return
         self.check_mergeable(adapter_names)
+        if safe_merge:
+            self.check_finite_merge(adapter_names)
         base_layer = self.get_base_layer()
         with torch.no_grad():
             for name in adapter_names:
                 if name not in self.lora_patch_A:
                     continue
                 merged = self.compose_weight(base_layer.weight.data, [name])
-                if safe_merge and not torch.isfinite(merged).all():
-                    raise ValueError(
-                        f"Merging adapter {name!r} would produce non-finite weights; the adapter is broken."
-                    )
                 base_layer.weight.copy_(merged)  # in place: bumps the version counter the fused cache watches
                 self.merged_adapters.append(name)
 
@@ -216,6 +235,15 @@ class GatedLoraLayer(BaseTunerLayer):
                 name = self.merged_adapters.pop()
                 if name in self.lora_patch_A:
                     base_layer.weight.sub_(self.get_delta_weight(name).to(base_layer.weight.dtype))
+
+
+def broken_adapter_error(adapter_name: str) -> ValueError:
+    """The ``safe_merge`` error, in peft's wording (its tests and users match on it)."""
+    return ValueError(
+        f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken: merging it would give "
+        "non-finite (NaN or Inf) weights. Nothing was merged into this layer; check the patch for NaN/Inf values "
+        "(e.g. a diverged training run) before merging."
+    )
 
 
 class _GatedModule(nn.Module, GatedLoraLayer):
