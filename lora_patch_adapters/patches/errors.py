@@ -2,8 +2,9 @@
 
 Refusals to load (all :class:`PatchLoadError`, a ``ValueError``; the model is left unmodified and the message names
 the file, the field or tensor, and the fix): :class:`PatchFileError`, :class:`PatchConfigError`,
-:class:`PatchShapeError`, :class:`NonFinitePatchError`, :class:`FingerprintMismatchError`,
-:class:`UnsafePatchFileError`. Hub failures (all :class:`HubError`, a ``RuntimeError`` with a one-line message):
+:class:`PatchShapeError`, :class:`NonFinitePatchError`, :class:`FingerprintMismatchError` (and its
+:class:`MissingFingerprintError`), :class:`UnsafePatchFileError`. Refusals to save: :class:`PatchSaveError` (a
+``ValueError``; nothing is written). Hub failures (all :class:`HubError`, a ``RuntimeError`` with a one-line message):
 :class:`PatchNotFoundError`, :class:`PatchNotCachedError`, :class:`HubConnectionError`, :class:`HubAuthError`.
 """
 
@@ -35,8 +36,19 @@ class UnsafePatchFileError(PatchLoadError):
     ``torch.load(weights_only=True)`` refused its content."""
 
 
+class MissingFingerprintError(FingerprintMismatchError):
+    """The patch records no base fingerprint (e.g. saved with plain ``save_pretrained`` by an older version), so it
+    cannot be checked against the model; refused unless ``allow_missing_fingerprint=True``."""
+
+
 class MissingFingerprintWarning(UserWarning):
-    """The patch records no base fingerprint (e.g. saved with plain ``save_pretrained``), so it was not checked."""
+    """The patch records no base fingerprint and ``allow_missing_fingerprint=True`` was given, so it was not
+    checked."""
+
+
+class PatchSaveError(ValueError):
+    """``save_patch`` refused to write: an invalid adapter name, NaN/Inf adapter tensors, or metadata too large for
+    the patch files. Nothing was written or removed."""
 
 
 class HubError(RuntimeError):
@@ -76,6 +88,7 @@ __all__ = [
     "HubAuthError",
     "HubConnectionError",
     "HubError",
+    "MissingFingerprintError",
     "MissingFingerprintWarning",
     "NonFinitePatchError",
     "PatchConfigError",
@@ -83,6 +96,7 @@ __all__ = [
     "PatchLoadError",
     "PatchNotCachedError",
     "PatchNotFoundError",
+    "PatchSaveError",
     "PatchShapeError",
     "UnsafePatchFileError",
 ]

@@ -46,7 +46,23 @@ REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 ACCEPTED_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 """safetensors dtype codes accepted for patch tensors."""
 
-_MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 16 * 1024 * 1024
+"""The largest ``adapter_config.json`` / ``lora_patch.json`` the readers accept (16 MiB): a bigger file is refused as
+not a patch file, so :func:`~lora_patch_adapters.patches.save.save_patch` refuses to write one."""
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+"""The largest safetensors header (bytes, tensor table + metadata, padded) that safetensors accepts. Measured with
+safetensors 0.8: ``save_file`` writes headers up to exactly 100,000,000 bytes and ``safe_open`` reads them back; one
+more 8-byte step and ``save_file`` raises "header too large" (older safetensors wrote headers that ``safe_open``
+then refused), so ``save_patch`` checks the size itself before writing anything."""
+MAX_SCALE = 1e3
+"""Upper bound on a config's scale (``lora_alpha / sqrt(r)`` or ``lora_alpha / r``). Published patches use scales
+around 0.1-4 (the paper: alpha 2 at r 8, 0.71; PEFT LoRA's common alpha 16-32 at r 8-16, 1-4), so 1e3 leaves 250x
+headroom for any deliberate choice, while the scale multiplies every update: a far larger one (e.g. alpha 1e30)
+loads without complaint and turns every output into NaN/Inf."""
+ADAPTER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+"""Accepted adapter names: 1-64 ASCII letters, digits, '_' or '-' (not starting with '-'). The name becomes a folder
+name inside the patch directory and a module key, so anything path-like ('', '.', '..', 'a/b', '/abs', 'C:x') is
+refused."""
 
 
 def quoted_name(key: str) -> str:
@@ -63,14 +79,29 @@ def adapter_state(model: peft.PeftModel, adapter_name: str) -> dict[str, torch.T
     """``get_peft_model_state_dict`` of one adapter. Older peft versions (0.18) also return the tensors of the other
     adapters of a custom method, still carrying their adapter name (``...lora_patch_A.other.weight``); a key of this
     adapter has exactly one segment after ``lora_patch_<part>``, so those are dropped."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    # save_embedding_layers=False: with "auto" (peft's default) peft asks the Hub whether the repo named in the
+    # config's base_model_name_or_path has a config.json -- a network request for a local patch. lora-patch never
+    # targets embedding layers, so the answer cannot change the state dict.
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
     return {key: value for key, value in state.items() if key.partition(".lora_patch_")[2].count(".") <= 1}
+
+
+def check_adapter_name(adapter_name: Any, error: type[ValueError]) -> str:
+    """``adapter_name`` if it is a plain name (see :data:`ADAPTER_NAME_RE`); else ``error`` naming the rule."""
+    if isinstance(adapter_name, str) and ADAPTER_NAME_RE.fullmatch(adapter_name):
+        return adapter_name
+    shown = repr(adapter_name) if len(repr(adapter_name)) <= 80 else repr(adapter_name)[:77] + "..."
+    raise error(
+        f"adapter_name={shown} is not a valid adapter name: use 1-64 letters, digits, '_' or '-' (not starting with "
+        "'-'); the name becomes a folder and module key, so a path, '', '.' or '..' is refused before anything is "
+        "read or written."
+    )
 
 
 def read_json_file(path: str, error: type[PatchLoadError], what: str) -> Any:
     try:
         size = os.path.getsize(path)
-        if size > _MAX_JSON_BYTES:
+        if size > MAX_JSON_BYTES:
             raise error(f"{path}: {size} bytes is too large for {what}; the file is not a patch file.")
         with open(path, "rb") as f:
             raw = f.read()
@@ -147,6 +178,9 @@ _FIELD_CHECKS: dict[str, tuple[Any, str]] = {
         lambda v: v is None or (isinstance(v, str) and FINGERPRINT_RE.fullmatch(v) is not None),
         "null or 'sha256:<64 hex digits>'",
     ),
+    # peft picks the PeftModel class from task_type: "CAUSAL_LM" etc. would return a PeftModelForCausalLM around a
+    # generator, whose forward expects input_ids; a lora-patch is always a plain PeftModel.
+    "task_type": (lambda v: v is None, "null (lora-patch adapters load as a plain peft.PeftModel)"),
 }
 
 
@@ -189,5 +223,13 @@ def read_config(path: str) -> tuple[LoraPatchConfig, dict[str, Any]]:
         config = LoraPatchConfig(**known)
     except (TypeError, ValueError) as exc:
         raise PatchConfigError(f"{file}: {one_line(exc, 240)}") from exc
+    scale = config.scale
+    if not (math.isfinite(scale) and abs(scale) <= MAX_SCALE):
+        rule = "lora_alpha / sqrt(r)" if config.scaling == "sqrt_rank" else "lora_alpha / r"
+        raise PatchConfigError(
+            f"{file}: lora_alpha={config.lora_alpha!r} with r={config.r} gives a scale ({rule}) of {scale:.3g}, above "
+            f"the limit {MAX_SCALE:g}; such a patch turns outputs into NaN/Inf: re-save the patch with a sane "
+            "lora_alpha."
+        )
     return config, known
 

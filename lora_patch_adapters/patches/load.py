@@ -30,7 +30,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from .._checks import one_line
 from ..tuner.fingerprint import FINGERPRINT_CHECKED
 from .errors import PatchLoadError
-from .format import CONFIG_NAME, WEIGHTS_NAME, adapter_state, write_json
+from .format import CONFIG_NAME, WEIGHTS_NAME, adapter_state, check_adapter_name, write_json
 from .validate import CheckedPatch, LoadTarget, load_target, patch_dir, validate
 
 
@@ -83,8 +83,15 @@ class _Snapshot:
             pm.base_model.active_adapter = self.tuner_active
 
 
+_HUB_FIELDS = ("base_model_name_or_path", "revision")
+"""Config fields naming a Hub repo / revision. They are left out of the staged copy peft loads from, so the loaded
+model never carries a foreign repo id that peft would look up (``get_peft_model_state_dict`` asks the Hub about
+``base_model_name_or_path`` whenever the model is saved or its state read)."""
+
+
 def _stage(checked: CheckedPatch, directory: str) -> None:
-    write_json(os.path.join(directory, CONFIG_NAME), checked.config_data)
+    config = {key: value for key, value in checked.config_data.items() if key not in _HUB_FIELDS}
+    write_json(os.path.join(directory, CONFIG_NAME), config)
     safetensors.torch.save_file(checked.tensors, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt"})
 
 
@@ -98,6 +105,7 @@ def load_patch(
     trust_pickle: bool = False,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    allow_missing_fingerprint: bool = False,
 ) -> peft.PeftModel:
     """Validate a patch against ``model_or_editor``, then load it; returns the ``peft.PeftModel``.
 
@@ -111,13 +119,21 @@ def load_patch(
     :class:`PatchConfigError` (invalid config, target layers missing or unsupported), :class:`PatchShapeError`
     (missing, extra, misnamed tensors; wrong shapes or dtypes), :class:`NonFinitePatchError`,
     :class:`FingerprintMismatchError` (saved for other base weights; ``allow_fingerprint_mismatch=True`` skips the
-    check; a patch without fingerprint only warns, :class:`MissingFingerprintWarning`) and
-    :class:`UnsafePatchFileError` (pickle weights without ``trust_pickle=True``). All are :class:`PatchLoadError`
-    (a ``ValueError``).
+    check), :class:`MissingFingerprintError` (the patch records no base fingerprint, e.g. saved with plain
+    ``save_pretrained`` by an older version; ``allow_missing_fingerprint=True`` loads it with a
+    :class:`MissingFingerprintWarning`) and :class:`UnsafePatchFileError` (pickle weights without
+    ``trust_pickle=True``). An ``adapter_name`` that is not a plain name (1-64 letters, digits, '_', '-') is refused
+    first. All are :class:`PatchLoadError` (a ``ValueError``).
+
+    A local directory is loaded without any network access: the config's Hub fields (``base_model_name_or_path``,
+    ``revision``) are not passed on to peft, and what peft loads is a private copy of exactly the validated tensors.
     """
+    check_adapter_name(adapter_name, PatchLoadError)
     target = load_target(model_or_editor, adapter_name)
     path = patch_dir(path_or_repo_id, revision, token, local_files_only)
-    checked = validate(target, path, adapter_name, allow_fingerprint_mismatch, trust_pickle)
+    checked = validate(
+        target, path, adapter_name, allow_fingerprint_mismatch, trust_pickle, allow_missing_fingerprint
+    )
 
     snapshot = _Snapshot(target)
     token_var = FINGERPRINT_CHECKED.set(True)

@@ -4,8 +4,13 @@
 place, so a crash never leaves half a patch at ``directory``: a first save either completes or leaves nothing there,
 and a crash while replacing an existing patch leaves the previous complete patch. The swap is two renames (old patch
 to ``<directory>.old-<random>``, new one in); a crash exactly between them leaves no ``directory`` and the previous
-patch under ``<directory>.old-*``. Leftover ``.tmp-*`` directories of crashed saves are removed by the next save of
-the same directory, and ``.old-*`` ones once a new patch is in place. One writer per directory.
+patch under ``<directory>.old-*``. One writer per directory.
+
+Only folders the package made itself are ever removed: the first thing written into a ``.tmp-*`` folder, and into a
+patch about to be renamed to ``.old-*``, is the marker file :data:`LEFTOVER_MARKER`, whose content names that exact
+folder. Leftover ``.tmp-*`` folders of crashed saves are removed by the next save of the same directory, and
+``.old-*`` ones once a new patch is in place -- if, and only if, they carry a marker naming them; a folder that only
+looks like a leftover (``<directory>.tmp-mine``, a copy of a leftover) is never touched.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import peft
 import safetensors
 import safetensors.torch
+import torch
 from torch import nn
 
 from ..training import PatchTrainer
@@ -29,7 +35,24 @@ from ..tuner.config import LoraPatchConfig
 from ..tuner.fingerprint import canonical_layers, hash_layers, inner_module
 from ..tuner.layer import GatedLoraLayer
 from ..version import __version__
-from .format import CONFIG_NAME, FORMAT_VERSION, SIDECAR_NAME, WEIGHTS_NAME, adapter_state, write_json
+from .errors import PatchSaveError
+from .format import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    MAX_JSON_BYTES,
+    SAFETENSORS_HEADER_LIMIT,
+    SIDECAR_NAME,
+    WEIGHTS_NAME,
+    adapter_state,
+    check_adapter_name,
+    quoted_name,
+    write_json,
+)
+
+LEFTOVER_MARKER = ".lora-patch-adapters-leftover"
+"""Marker file written first into every temporary (``.tmp-*``) and backup (``.old-*``) folder :func:`save_patch`
+creates; its content is :func:`leftover_marker_content` of the folder's own name. Removed from the new patch once it
+is in place."""
 
 
 def _patched_layer_names(module: nn.Module, adapter_name: str) -> list[str]:
@@ -51,14 +74,87 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def leftover_marker_content(kind: str, name: str) -> bytes:
+    """The bytes of the marker file of the ``kind`` (``"tmp"`` or ``"old"``) folder named ``name`` (a basename)."""
+    return f"lora-patch-adapters save_patch {kind}\n".encode() + os.fsencode(name) + b"\n"
+
+
+def _write_marker(folder: str, kind: str, name: str) -> None:
+    """Write the marker of the ``kind`` folder ``name`` into ``folder`` (the folder itself, or a patch about to be
+    renamed to ``name``)."""
+    with open(os.path.join(folder, LEFTOVER_MARKER), "wb") as f:
+        f.write(leftover_marker_content(kind, name))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_own_leftover(path: str, kind: str) -> bool:
+    """Whether ``path`` is a real folder holding a marker (a regular file, not a link) that names exactly it."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    marker = os.path.join(path, LEFTOVER_MARKER)
+    expected = leftover_marker_content(kind, os.path.basename(path))
+    try:
+        if not os.path.isfile(marker) or os.path.islink(marker) or os.path.getsize(marker) != len(expected):
+            return False
+        with open(marker, "rb") as f:
+            return f.read() == expected
+    except OSError:
+        return False
+
+
 def _remove_siblings(directory: str, kind: str) -> None:
-    """Remove ``<directory>.<kind>-*`` directories left by earlier (crashed) saves."""
+    """Remove the ``<directory>.<kind>-*`` folders left by earlier (crashed) saves: only those marked as ours."""
     parent, base = os.path.split(directory)
     pattern = re.compile(re.escape(base) + r"\." + kind + r"-[A-Za-z0-9_]+")
     for name in os.listdir(parent):
         path = os.path.join(parent, name)
-        if pattern.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+        if pattern.fullmatch(name) and _is_own_leftover(path, kind):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_tensors_finite(state: dict[str, torch.Tensor], adapter_name: str) -> None:
+    for key, value in sorted(state.items()):
+        finite = torch.isfinite(value.detach())
+        if not finite.all():
+            bad = int(finite.numel() - finite.sum())
+            raise PatchSaveError(
+                f"save_patch: adapter {adapter_name!r} tensor {quoted_name(key)} holds {bad} NaN or infinite "
+                f"value(s) of {finite.numel()}; nothing was written. The patch is broken (e.g. training diverged): "
+                "save an earlier checkpoint, or retrain with a lower learning rate or grad_clip."
+            )
+
+
+def _check_sizes(state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Refuse provenance that the patch's readers could not read back, before anything is written."""
+    sidecar = len(json.dumps(info, indent=2, sort_keys=True, allow_nan=False).encode("utf-8"))
+    if sidecar > MAX_JSON_BYTES:
+        raise PatchSaveError(
+            f"save_patch: the metadata makes {SIDECAR_NAME} {sidecar} bytes, above the {MAX_JSON_BYTES}-byte "
+            f"({MAX_JSON_BYTES // 2**20} MiB) limit of the patch readers, so the patch could not be loaded; nothing "
+            "was written. Pass smaller metadata (e.g. a path to a file instead of its content)."
+        )
+    # An upper bound of the safetensors header: the tensor table (offsets at their largest) plus the metadata, as
+    # peft's save and the provenance below fill it.
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    table = {
+        key: {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [total, total]} for key, v in state.items()
+    }
+    metadata = {"format": "pt"}
+    metadata.update({k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in info.items()})
+    header = len(json.dumps({"__metadata__": metadata, **table}).encode("utf-8")) + 8
+    if header > SAFETENSORS_HEADER_LIMIT:
+        raise PatchSaveError(
+            f"save_patch: the metadata makes the {WEIGHTS_NAME} header about {header} bytes, above safetensors' "
+            f"{SAFETENSORS_HEADER_LIMIT}-byte header limit; nothing was written. Pass smaller metadata."
+        )
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _check_destination(directory: str) -> None:
@@ -92,9 +188,17 @@ def save_patch(
     ``<directory>.tmp-<random>``, then swaps it into place (see the module docstring for the crash guarantees). An
     existing patch at ``directory`` is replaced as a whole; a non-empty directory that is not a patch is refused.
     Returns the absolute path of the directory. Raises ``ValueError`` if the adapter is merged (unmerge it first).
+
+    Refused before anything is written (:class:`~lora_patch_adapters.patches.errors.PatchSaveError`): an
+    ``adapter_name`` that is not a plain name (1-64 letters, digits, '_', '-'; a path, '', '.' or '..' would write
+    outside the patch directory), adapter tensors holding NaN/Inf (the message names the tensor), and ``metadata``
+    too large for the patch readers (``lora_patch.json`` at most 16 MiB, the safetensors header at most 100,000,000
+    bytes).
     """
     if isinstance(model, PatchTrainer):
+        check_adapter_name(model.adapter_name, PatchSaveError)
         return _save_trained(model, directory, metadata)
+    check_adapter_name(adapter_name, PatchSaveError)
     if not isinstance(model, peft.PeftModel):
         raise TypeError(f"save_patch expects a peft.PeftModel with a lora-patch adapter, got {type(model).__name__}.")
     known = {name: type(c).__name__ for name, c in model.peft_config.items()}
@@ -126,6 +230,9 @@ def save_patch(
     }
     if training is not None:
         info["training"] = training
+    state = adapter_state(model, adapter_name)
+    _check_tensors_finite(state, adapter_name)
+    _check_sizes(state, info)
 
     directory = os.path.abspath(os.fspath(directory))
     _check_destination(directory)
@@ -134,6 +241,7 @@ def save_patch(
     _remove_siblings(directory, "tmp")
     tmp = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
     try:
+        _write_marker(tmp, "tmp", os.path.basename(tmp))
         save_patch_files(model, adapter_name, tmp)
         config_path, weights_path = os.path.join(tmp, CONFIG_NAME), os.path.join(tmp, WEIGHTS_NAME)
         if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
@@ -164,11 +272,21 @@ def save_patch(
     if os.path.lexists(directory):
         old = tempfile.mkdtemp(prefix=base + ".old-", dir=parent)
         os.rmdir(old)  # only the unique name is wanted
-        os.replace(directory, old)
+        own_marker = os.path.join(directory, LEFTOVER_MARKER)
+        # the previous patch gets the marker of its backup name before it moves there (a crash between the two leaves
+        # a marker that does not name the folder it is in: inert)
+        _write_marker(directory, "old", os.path.basename(old))
+        try:
+            os.replace(directory, old)
+        except BaseException:
+            _remove_file(own_marker)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         try:
             os.replace(tmp, directory)
         except BaseException:
             os.replace(old, directory)
+            _remove_file(own_marker)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync(parent)
@@ -176,9 +294,12 @@ def save_patch(
     else:
         os.replace(tmp, directory)
         _fsync(parent)
+    # The marker stays until the folder is the patch, so a crash before never leaves an unmarked .tmp-* folder; a
+    # crash right here leaves it in the patch, naming the .tmp-* folder it no longer is: inert.
+    _remove_file(os.path.join(directory, LEFTOVER_MARKER))
+    _fsync(directory)
     _remove_siblings(directory, "old")
     return directory
-
 
 
 def _save_trained(trainer: PatchTrainer, directory: str | os.PathLike, metadata: dict | None) -> str:

@@ -24,12 +24,22 @@ from ..tuner.layer import ConvTranspose2d, wrapper_for
 from . import hub
 from .errors import (
     FingerprintMismatchError,
+    MissingFingerprintError,
     MissingFingerprintWarning,
     PatchConfigError,
     PatchFileError,
     PatchLoadError,
 )
-from .format import CONFIG_NAME, SIDECAR_NAME, WEIGHTS_NAME, adapter_state, quoted_name, read_config, read_patch_info
+from .format import (
+    CONFIG_NAME,
+    SIDECAR_NAME,
+    WEIGHTS_NAME,
+    adapter_state,
+    check_adapter_name,
+    quoted_name,
+    read_config,
+    read_patch_info,
+)
 from .weights import WeightsReader, check_tensors
 
 
@@ -108,6 +118,8 @@ def _expected_tensors(target: LoadTarget, config: LoraPatchConfig, adapter_name:
     """{key: meta tensor} that peft saves for this patch on this model: the patch injected into a meta copy."""
     shadow_config = copy.deepcopy(config)
     shadow_config.base_fingerprint = None
+    shadow_config.base_model_name_or_path = None  # never a Hub lookup for a local patch
+    shadow_config.revision = None
     shadow_config.inference_mode = True
     token = FINGERPRINT_CHECKED.set(True)
     try:
@@ -156,14 +168,69 @@ def _check_targets(module: nn.Module, config: LoraPatchConfig, file: str) -> lis
     return names
 
 
-def _check_fingerprint(path: str, recorded: dict[str, str], module: nn.Module, names: list[str]) -> str | None:
+RANK_RULE = (
+    "fan_in/fan_out: Linear in_features/out_features; Conv2d and ConvTranspose2d in_channels*kh*kw/out_channels"
+)
+
+
+def layer_fans(layer: nn.Module) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a patchable layer: the sides of the matrix its low-rank update ``B @ A`` lives in.
+
+    Linear: ``(in_features, out_features)``. Conv2d: ``(in_channels * kh * kw, out_channels)`` (``A`` is
+    ``[r, in, kh, kw]``, ``B`` is ``[out, r]``). ConvTranspose2d: likewise ``(in_channels * kh * kw, out_channels)``
+    (``A`` is ``[in, r, kh, kw]``, ``delta W[i, o, k, l] = sum_r A[i, r, k, l] B[o, r]``). The update has rank at most
+    ``min(fan_in, fan_out)``.
+    """
+    if isinstance(layer, nn.Linear):
+        return int(layer.in_features), int(layer.out_features)
+    kh, kw = layer.kernel_size
+    return int(layer.in_channels) * int(kh) * int(kw), int(layer.out_channels)
+
+
+def _check_rank(module: nn.Module, names: list[str], config: LoraPatchConfig, file: str) -> None:
+    """Refuse a rank no targeted layer can use, before any (meta or real) adapter is built: the adapter's memory
+    grows with ``r``, and no update ``B @ A`` of a layer has rank above ``min(fan_in, fan_out)``.
+
+    The bound is the largest ``min(fan_in, fan_out)`` over the targeted layers, not the smallest: the paper's patch
+    (r 8 on every convolution of StarGAN) legitimately exceeds the 3 output channels of the last convolution, where
+    the extra rank is merely unused; above the largest, every layer's extra rank is unused and only memory grows.
+    """
+    layers, _ = canonical_layers(module)
+    bound, widest = 0, names[0]
+    for name in names:
+        fan_in, fan_out = layer_fans(layers[name])
+        if min(fan_in, fan_out) > bound:
+            bound, widest = min(fan_in, fan_out), name
+    if config.r > bound:
+        raise PatchConfigError(
+            f"{file}: r={config.r} is larger than any targeted layer can use: the rank of a layer's update is at most "
+            f"min(fan_in, fan_out) ({RANK_RULE}), at most {bound} here (layer {widest!r}); the config does not fit "
+            "this model or was edited: re-save the patch with r <= that bound."
+        )
+
+
+def _check_fingerprint(
+    path: str, recorded: dict[str, str], module: nn.Module, names: list[str], allow_missing: bool
+) -> str | None:
     opt_out = "pass allow_fingerprint_mismatch=True to load it anyway"
     if not recorded:
+        what = (
+            f"{os.path.join(path, CONFIG_NAME)}: the patch records no base fingerprint (not in {CONFIG_NAME}, "
+            f"{SIDECAR_NAME} or the weights metadata: saved with plain peft save_pretrained by an older version?), "
+            "so it cannot be checked against this model"
+        )
+        if not allow_missing:
+            raise MissingFingerprintError(
+                f"{what}; re-save it with lora_patch_adapters.save_patch from the model it was trained on, or pass "
+                "allow_missing_fingerprint=True to load it unchecked (with a MissingFingerprintWarning).",
+                None,
+                None,
+            )
         warnings.warn(
-            f"{path}: the patch records no base fingerprint (saved with plain peft save_pretrained?), so it cannot "
-            "be checked against this model; re-save it with lora_patch_adapters.save_patch.",
+            f"{what}; loading it because allow_missing_fingerprint=True; re-save it with "
+            "lora_patch_adapters.save_patch.",
             MissingFingerprintWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
     values = set(recorded.values())
@@ -208,12 +275,20 @@ class CheckedPatch:
 
 
 def validate(
-    target: LoadTarget, path: str, adapter_name: str, allow_fingerprint_mismatch: bool, trust_pickle: bool
+    target: LoadTarget,
+    path: str,
+    adapter_name: str,
+    allow_fingerprint_mismatch: bool,
+    trust_pickle: bool,
+    allow_missing_fingerprint: bool = False,
 ) -> CheckedPatch:
+    """Every check of a patch directory against ``target``; the config is bounded by the target layers (rank, scale,
+    task type) before any adapter is built, and the returned tensors are private copies (see ``check_tensors``)."""
     config, config_data = read_config(path)
     config_file = os.path.join(path, CONFIG_NAME)
     info = read_patch_info(path)
     targets = _check_targets(target.module, config, config_file)
+    _check_rank(target.module, targets, config, config_file)
     reader = WeightsReader(path, trust_pickle)
     try:
         recorded = {}
@@ -224,7 +299,7 @@ def validate(
         if reader.metadata.get("base_fingerprint"):
             recorded[os.path.basename(reader.file)] = reader.metadata["base_fingerprint"]
         if not allow_fingerprint_mismatch:
-            _check_fingerprint(path, recorded, target.module, targets)
+            _check_fingerprint(path, recorded, target.module, targets, allow_missing_fingerprint)
         expected = _expected_tensors(target, config, adapter_name, config_file)
         tensors = check_tensors(reader, expected, config)
     finally:
@@ -250,15 +325,17 @@ def validate_patch(
     trust_pickle: bool = False,
     token: str | bool | None = None,
     local_files_only: bool = False,
+    allow_missing_fingerprint: bool = False,
 ) -> dict[str, Any]:
     """Run every check of :func:`load_patch` without modifying the model; raise the same errors.
 
     Returns ``{"path", "config" (the adapter_config.json fields), "target_modules", "base_fingerprint" (recorded,
     or None), "weights_file", "tensors" (count), "info" (lora_patch.json)}``.
     """
+    check_adapter_name(adapter_name, PatchLoadError)
     target = load_target(model_or_editor, adapter_name)
     path = patch_dir(path_or_repo_id, revision, token, local_files_only)
-    checked = validate(target, path, adapter_name, allow_fingerprint_mismatch, trust_pickle)
+    checked = validate(target, path, adapter_name, allow_fingerprint_mismatch, trust_pickle, allow_missing_fingerprint)
     return {
         "path": os.path.abspath(path),
         "config": checked.config_data,

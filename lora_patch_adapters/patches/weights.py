@@ -101,6 +101,9 @@ class WeightsReader:
 
 
 def check_tensors(reader: WeightsReader, expected: dict[str, Any], config: LoraPatchConfig) -> dict[str, Any]:
+    """``{key: tensor}`` of the file checked against ``expected`` (``{key: tensor of the right shape and dtype}``):
+    names, shapes, dtypes, finite values before and after the cast. The tensors are private copies in the model's
+    dtype (never views of the file), so what was checked is what gets loaded."""
     file, header = reader.file, reader.header
     extra = sorted(set(header) - set(expected))
     missing = sorted(set(expected) - set(header))
@@ -122,20 +125,23 @@ def check_tensors(reader: WeightsReader, expected: dict[str, Any], config: LoraP
                 f"{file}: tensor {key!r} has dtype {dtype_code}; patch tensors must be float16, bfloat16, float32 or "
                 "float64."
             )
-        if shape != want:
+        if shape != want and not (shape == () and want == (1,)):  # gates saved 0-d by earlier versions load as (1,)
             raise PatchShapeError(
                 f"{file}: tensor {key!r} has shape {list(shape)}, expected {list(want)} for this model and rank "
                 f"r={config.r}; the patch does not fit this model, or its files were edited."
             )
     tensors = {}
     for key in sorted(expected):
-        value = reader.tensor(key)
+        # A copy in memory the package owns: safetensors hands out tensors backed by a memory map of the file, so a
+        # file rewritten after this check would otherwise change the values that get loaded. Every check below runs
+        # on the copy, which is exactly what is loaded.
+        value = reader.tensor(key).to(device="cpu", copy=True)
         if not torch.isfinite(value).all():
             raise NonFinitePatchError(
                 f"{file}: tensor {key!r} holds NaN or infinite values; the patch is broken (e.g. its training "
                 "diverged) and would corrupt every output: retrain it or use an earlier checkpoint."
             )
-        cast = value.to(expected[key].dtype).contiguous()
+        cast = value.to(expected[key].dtype).reshape(expected[key].shape).contiguous()
         if not torch.isfinite(cast).all():
             raise NonFinitePatchError(
                 f"{file}: tensor {key!r} overflows when cast from {value.dtype} to the model's {cast.dtype}; the patch "

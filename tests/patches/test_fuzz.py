@@ -2,8 +2,8 @@
 
 Every mutation must be refused with the expected :class:`PatchLoadError` subclass, a one-line message naming the
 file (and the tensor, for per-tensor mutations), and the target model -- a plain module, an Editor or a PeftModel
-that already carries another patch -- must be exactly as before. Per-kind counts are printed by the last test
-(``pytest -q -s``).
+that already carries another patch -- and every file of the test's folder must be exactly as before. Per-kind counts
+are printed by the last test (``pytest -q -s``).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from lora_patch_adapters import LoraPatchConfig, get_peft_model
 from lora_patch_adapters.generators import StarGANEditor
 from lora_patch_adapters.patches import (
     FingerprintMismatchError,
+    MissingFingerprintError,
     NonFinitePatchError,
     PatchConfigError,
     PatchFileError,
@@ -154,6 +155,12 @@ def _cases() -> list[Case]:
     # no weights at all
     add("missing_weights", PatchFileError, "remove", WEIGHTS)
     add("missing_weights", PatchFileError, "to_directory", WEIGHTS)
+    # configs bounded by the target layers before anything is built (ToyEditor: the widest layer allows r <= 32), a
+    # scale of at most 1e3, no task_type; a patch without any base fingerprint (refused unless opted in)
+    for key, value in (("r", 33), ("r", 10**9), ("lora_alpha", 1e30), ("lora_alpha", 2000.5),
+                       ("task_type", "CAUSAL_LM"), ("task_type", "FEATURE_EXTRACTION")):
+        add("config_bounds", PatchConfigError, "config", key, value, mentions=CONFIG)
+    add("no_fingerprint", MissingFingerprintError, "no_fingerprint", mentions=CONFIG)
 
     counters: collections.Counter = collections.Counter()
     for number, case in enumerate(cases):
@@ -355,6 +362,10 @@ def _mutate(case: Case, path: Path, ref) -> None:
             _edit_json(path / SIDECAR, lambda data: data.update(base_fingerprint=fake))
         if where in ("all", WEIGHTS):
             save_file(tensors, weights, metadata={**ref["metadata"], "base_fingerprint": fake})
+    elif op == "no_fingerprint":  # as saved by plain save_pretrained of older versions
+        _edit_json(path / CONFIG, lambda data: data.update(base_fingerprint=None))
+        os.remove(path / SIDECAR)
+        save_file(tensors, weights, metadata={"format": "pt"})
     elif op == "sidecar_raw":
         (path / SIDECAR).write_bytes(args[0])
     elif op.startswith("pickle"):
@@ -393,6 +404,17 @@ class _Payload:
 
 
 # -------------------------------------------------------------------------------------------------------- tests
+def _files(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root``: folders as None, files as their bytes."""
+    found: dict[str, bytes | None] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            found[os.path.relpath(os.path.join(folder, name), root)] = Path(folder, name).read_bytes()
+    return found
+
+
 def _assert_unchanged(target: Target) -> None:
     module = target.module
     state = module.state_dict()
@@ -412,10 +434,12 @@ def test_malformed_patch_is_refused_and_model_untouched(case, reference, tmp_pat
     shutil.copytree(reference["dir"], path)
     _mutate(case, path, reference)
     target = reference["targets"][case.target]
+    files_before = _files(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. torch's pickle-protocol notes
         with pytest.raises(PatchLoadError) as info:
             load_patch(target.obj, path, trust_pickle=case.trust_pickle)
+    assert _files(tmp_path) == files_before  # nothing written, moved or removed beside or inside the patch
     assert type(info.value) is case.error, f"{case.id}: {type(info.value).__name__}: {info.value}"
     message = str(info.value)
     assert "\n" not in message and len(message) < 800, message
@@ -437,4 +461,4 @@ def test_fuzz_summary():
     assert len({case.id for case in CASES}) == len(CASES)
     assert set(planned) >= {"truncated", "header_length", "header_corrupt", "wrong_shape", "wrong_dtype",
                             "missing_tensor", "extra_tensor", "non_finite", "config_value", "config_file",
-                            "fingerprint", "pickle"}
+                            "fingerprint", "pickle", "config_bounds", "no_fingerprint"}

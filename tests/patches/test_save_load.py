@@ -36,6 +36,7 @@ from lora_patch_adapters.patches import (
     save_patch,
     validate_patch,
 )
+from lora_patch_adapters.patches.save import LEFTOVER_MARKER
 from lora_patch_adapters.tuner import GatedLoraLayer
 from tests.helpers import MixedNet, ToyEditor, images, labels
 
@@ -269,9 +270,12 @@ def test_new_patch_from_a_saved_config_needs_the_fingerprint_cleared(saved):
 def test_patch_without_fingerprint_warns(tmp_path):
     pristine = _base()
     model = _patched(copy.deepcopy(pristine))
-    model.save_pretrained(tmp_path)  # plain peft: no fingerprint anywhere
-    with pytest.warns(MissingFingerprintWarning, match="no base fingerprint"):
-        loaded = load_patch(copy.deepcopy(pristine), tmp_path)
+    model.save_pretrained(tmp_path)  # plain peft: no fingerprint anywhere (older versions did not stamp the config)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    config.pop("base_fingerprint", None)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.warns(MissingFingerprintWarning, match="no base fingerprint"):  # refused unless opted in
+        loaded = load_patch(copy.deepcopy(pristine), tmp_path, allow_missing_fingerprint=True)
     assert torch.equal(_outputs(loaded), _outputs(model))
 
 
@@ -346,9 +350,11 @@ def test_hub_ids_go_through_pull_patch(saved, monkeypatch):
 def test_save_replaces_a_patch_cleans_stale_siblings_and_spares_other_directories(saved, tmp_path):
     pristine, _, path = saved
     stale = [tmp_path / "patch.tmp-dead1234", tmp_path / "patch.old-dead5678"]
-    for directory in stale:
+    for directory in stale:  # leftovers of crashed saves: marked by save_patch as its own
         directory.mkdir()
         (directory / "adapter_model.safetensors").write_bytes(b"half")
+        kind = directory.name.split(".")[1].split("-")[0]
+        (directory / LEFTOVER_MARKER).write_bytes(f"lora-patch-adapters save_patch {kind}\n{directory.name}\n".encode())
     replacement = _patched(copy.deepcopy(pristine), seed=7)
     assert save_patch(replacement, path) == os.path.abspath(path)
     assert sorted(os.listdir(tmp_path)) == ["patch"]
@@ -473,7 +479,8 @@ def test_killed_save_never_leaves_half_a_patch(saved, tmp_path):
     # crash between the renames: no destination, the previous complete patch under .old-*
     (old,) = glob.glob(between + ".old-*")
     assert not os.path.exists(between)
-    assert {n: (Path(old) / n).read_bytes() for n in os.listdir(old)} == before[between]
+    assert LEFTOVER_MARKER in os.listdir(old)  # marked as save_patch's own backup, so the next save may remove it
+    assert {n: (Path(old) / n).read_bytes() for n in os.listdir(old) if n != LEFTOVER_MARKER} == before[between]
     load_patch(copy.deepcopy(pristine), old)
 
     # the next saves clean the leftovers up and work
@@ -483,3 +490,19 @@ def test_killed_save_never_leaves_half_a_patch(saved, tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert torch.equal(_outputs(load_patch(copy.deepcopy(pristine), directory)), _outputs(model))
+
+
+def test_a_patch_saved_with_zero_dimensional_gates_still_loads(saved):
+    """Earlier versions stored each basic gate's logit as a 0-d tensor; gates are (1,) now."""
+    pristine, model, path = saved
+    weights = os.path.join(path, "adapter_model.safetensors")
+    with safe_open(weights, framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - not a dict
+    gates = [key for key in tensors if "lora_patch_gate" in key]
+    assert gates and all(tensors[key].shape == (1,) for key in gates)
+    save_file({k: (v.reshape(()) if k in gates else v) for k, v in tensors.items()}, weights, metadata=metadata)
+    with safe_open(weights, framework="pt") as f:
+        assert all(f.get_tensor(key).dim() == 0 for key in gates)
+    loaded = load_patch(copy.deepcopy(pristine), path)
+    assert torch.equal(_outputs(loaded), _outputs(model))
