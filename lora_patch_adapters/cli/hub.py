@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 from typing import Any
 
 from .._checks import one_line
@@ -45,13 +44,17 @@ def add_hub_commands(subparsers: Any) -> None:
     pull = subparsers.add_parser(
         "pull", help="download a patch from the Hugging Face Hub into the local cache",
         description="Download the patch files of one revision of a Hub repo (never pickle files) into the "
-                    "huggingface_hub cache and print where they are. A commit sha pins the exact weights; a branch "
-                    "or tag follows it. --offline reads the cache only (also when HF_HUB_OFFLINE=1 is set).")
+                    "huggingface_hub cache, verify each against the commit's sizes and hashes, and print where they "
+                    "are. A commit sha pins the exact weights; a branch or tag follows it. --offline reads the cache "
+                    "only (also when HF_HUB_OFFLINE=1 is set), verified against the hashes recorded when it was "
+                    "pulled.")
     pull.add_argument("repo_id", metavar="REPO_ID", help="the Hub model repo, namespace/name")
     pull.add_argument("--revision", metavar="REV", help="commit sha, branch or tag (default: main)")
     pull.add_argument("--out", metavar="DIR",
-                      help="also copy the patch files into DIR (created if needed; patch files of an older pull "
-                           "that this revision lacks are removed from DIR)")
+                      help="also copy the patch files into DIR, atomically (a temporary sibling folder swapped in): "
+                           "DIR must be new, empty or the folder of an earlier pull (recorded in "
+                           ".lora-patch-pull.json); only files an earlier pull wrote are replaced, your other files "
+                           "stay")
     pull.add_argument("--offline", action="store_true", help="no network: use the local cache only")
     pull.add_argument("--token", metavar="TOKEN",
                       help="Hub token for private repos (default: the HF_TOKEN variable or the stored login)")
@@ -102,35 +105,20 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     from ..patches import pull_patch
+    from ..patches.pull_out import check_pull_out, copy_pulled_patch
 
-    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise _cli_error(NotADirectoryError(f"--out {args.out!r} exists and is not a directory"))
     try:
+        if args.out is not None:
+            check_pull_out(args.out)  # refused before anything is downloaded
         path = pull_patch(args.repo_id, revision=args.revision, token=args.token, local_files_only=args.offline)
         commit = os.path.basename(os.path.normpath(path))
         print(f"pulled {args.repo_id} at {args.revision or 'main'} (commit {commit})")
         print(f"cache:  {path}")
         if args.out is not None:
-            print(f"copied: {_copy_snapshot(path, args.out)}")
+            print(f"copied: {copy_pulled_patch(path, args.out, repo_id=args.repo_id, revision=args.revision)}")
     except _user_errors() as exc:
         raise _cli_error(exc) from exc
     return 0
-
-
-def _copy_snapshot(snapshot: str, out: str) -> str:
-    """Copy the patch files of ``snapshot`` (cache symlinks resolved) into ``out``; stale patch files go."""
-    from ..patches import PATCH_FILES
-
-    os.makedirs(out, exist_ok=True)
-    for name in PATCH_FILES:
-        src, dst = os.path.join(snapshot, name), os.path.join(out, name)
-        if os.path.isfile(src):
-            tmp = dst + ".partial"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        elif os.path.isfile(dst):
-            os.remove(dst)
-    return os.path.abspath(out)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -162,7 +150,7 @@ def _describe(info: dict[str, Any]) -> str:
         (f"parameters:  {info['trainable_parameters']:,} in {info['tensors']} tensors "
          f"({', '.join(info.get('dtypes') or [])}), {len(info['layers'])} layers"),
         f"generator:   {info.get('base_generator') or 'unknown'}",
-        f"fingerprint: {info.get('fingerprint') or 'not recorded'}",
+        f"fingerprint: {_fingerprint_line(info)}",
         f"version:     lora-patch-adapters {info.get('package_version') or 'unknown'}",
     ]
     if info.get("training"):
@@ -174,6 +162,19 @@ def _describe(info: dict[str, Any]) -> str:
     for layer in info["layers"]:
         lines.append(f"  {layer['name']:<{width}}  rank {layer['rank']}  {layer['parameters']:,} parameters")
     return "\n".join(lines)
+
+
+def _fingerprint_line(info: dict[str, Any]) -> str:
+    """The base fingerprint and whether the patch records it or a model card merely claims it."""
+    value, source, claim = info.get("fingerprint"), info.get("fingerprint_source"), info.get("card_fingerprint")
+    if not value:
+        return "not recorded"
+    if source == "card (claimed)":
+        return f"{value} (claimed by the model card only: not recorded by the patch files, not checked)"
+    line = f"{value} (recorded in {source}; load_patch checks it against the base model)"
+    if claim and claim != value:
+        line += f"; the model card claims {claim} instead (unverified)"
+    return line
 
 
 def _fmt(value: Any) -> str:

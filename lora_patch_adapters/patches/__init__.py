@@ -8,7 +8,10 @@ Reads as the life of a patch file::
     weights    the weights file reader (safetensors; pickles only when trusted) and tensor checks
     validate   validate_patch: every check, nothing touched
     load       load_patch: validate, then load through peft; the model is restored if peft fails
-    hub        pull_patch and the Hub error mapping
+    hub_common what every Hub call shares: client name, offline switch, error mapping (PatchIntegrityError)
+    verify     every pulled file checked against its commit's metadata (size, SHA-256 / git blob id)
+    hub        pull_patch
+    pull_out   copy_pulled_patch: the atomic ``lora-patch pull --out``
     inspect    inspect_patch: describe a directory or Hub repo without loading weights
     card       the generated model card
     push       push_patch
@@ -21,6 +24,7 @@ from .errors import (
     HubAuthError,
     HubConnectionError,
     HubError,
+    MissingFingerprintError,
     MissingFingerprintWarning,
     NonFinitePatchError,
     PatchConfigError,
@@ -28,13 +32,16 @@ from .errors import (
     PatchLoadError,
     PatchNotCachedError,
     PatchNotFoundError,
+    PatchSaveError,
     PatchShapeError,
     UnsafePatchFileError,
 )
-from .format import ACCEPTED_DTYPES, FORMAT_VERSION, PATCH_FILES, read_patch_info
+from .format import ACCEPTED_DTYPES, FORMAT_VERSION, MAX_SCALE, PATCH_FILES, read_patch_info
 from .hub import pull_patch
+from .hub_common import PatchIntegrityError
 from .inspect import inspect_patch
 from .load import load_patch
+from .pull_out import copy_pulled_patch
 from .push import push_patch
 from .save import save_patch
 from .validate import validate_patch
@@ -44,22 +51,27 @@ __all__ = [
     "ALLOW_MISMATCH_ENV",
     "CARD_TAGS",
     "FORMAT_VERSION",
+    "MAX_SCALE",
     "MISUSE_STATEMENT",
     "PATCH_FILES",
     "FingerprintMismatchError",
     "HubAuthError",
     "HubConnectionError",
     "HubError",
+    "MissingFingerprintError",
     "MissingFingerprintWarning",
     "NonFinitePatchError",
     "PatchConfigError",
+    "PatchIntegrityError",
     "PatchFileError",
     "PatchLoadError",
     "PatchNotCachedError",
     "PatchNotFoundError",
+    "PatchSaveError",
     "PatchShapeError",
     "UnsafePatchFileError",
     "base_fingerprint",
+    "copy_pulled_patch",
     "inspect_patch",
     "load_patch",
     "make_model_card",

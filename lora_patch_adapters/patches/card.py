@@ -10,7 +10,7 @@ from typing import Any
 
 from ..version import __version__
 from .format import SIDECAR_NAME
-from .inspect import describe_patch_dir
+from .inspect import FINGERPRINT_CLAIMED, describe_patch_dir
 
 CARD_TAGS = ("peft", "lora-patch", "deepfake-security")
 # editors of ``load_editor`` and the official weights each needs (kept literal: no torch import here)
@@ -53,7 +53,7 @@ def make_model_card(patch_dir: str | os.PathLike, repo_id: str | None = None, re
     summary = {**info["patch"], "target_modules": info.get("target_modules"),
                "layers": len(info["layers"]), "trainable_parameters": info["trainable_parameters"]}
     fields: dict[str, Any] = {
-        "base_generator": generator, "base_fingerprint": info.get("fingerprint"),
+        "base_generator": generator, "base_fingerprint": _recorded_fingerprint(info),
         "lora_patch_adapters_version": info.get("package_version") or __version__,
         "lora_patch_kind": kind, "lora_patch": {k: v for k, v in summary.items() if v is not None},
         "lora_patch_training": info["training"] or None, "lora_patch_evaluation": info["metrics"] or None,
@@ -64,6 +64,23 @@ def make_model_card(patch_dir: str | os.PathLike, repo_id: str | None = None, re
     data = ModelCardData(library_name=library, tags=tags, base_model=base_model, **fields)
     body = _card_body(info, repo_id=repo_id, revision=revision)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def _recorded_fingerprint(info: dict[str, Any]) -> str | None:
+    """The fingerprint the patch files record; a claim copied from an earlier card is never republished as one."""
+    if "fingerprint_source" not in info:  # an info dict from an older describe_patch_dir
+        return info.get("fingerprint")
+    return info.get("fingerprint") if info["fingerprint_source"] not in (None, FINGERPRINT_CLAIMED) else None
+
+
+def _fingerprint_text(info: dict[str, Any]) -> str:
+    recorded = _recorded_fingerprint(info)
+    if recorded:
+        where = info.get("fingerprint_source") or "the patch files"
+        return f"`{recorded}` (recorded in {where}; `load_patch` checks it against your model)"
+    if info.get("fingerprint"):
+        return f"not recorded by the patch files (an earlier card claimed `{info['fingerprint']}`, unverified)"
+    return "`not recorded`"
 
 
 def _card_data_dict(card_data: Any) -> dict[str, Any]:
@@ -114,7 +131,7 @@ def _card_body(info: dict[str, Any], repo_id: str | None, revision: str | None) 
          f"`{patch.get('init_weights')}`"),
         (f"- {len(info['layers'])} patched layers, {info['trainable_parameters']:,} parameters "
          f"({', '.join(info['dtypes'])}); safetensors only, no pickle files"),
-        f"- base generator fingerprint: `{info.get('fingerprint') or 'not recorded'}`",
+        f"- base generator fingerprint: {_fingerprint_text(info)}",
         f"- lora-patch-adapters {info.get('package_version') or __version__}", "",
         "## How to load", "",
         "```python",

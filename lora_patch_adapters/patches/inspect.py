@@ -15,7 +15,8 @@ from safetensors import safe_open
 from .._checks import one_line
 from .errors import PatchNotFoundError
 from .format import PICKLE_WEIGHTS, REQUIRED_FILES, SIDECAR_NAME
-from .hub import SHA_RE, pull_patch
+from .hub import pull_patch
+from .hub_common import SHA_RE
 
 
 def inspect_patch(path_or_repo_id: str | os.PathLike, revision: str | None = None,
@@ -25,7 +26,10 @@ def inspect_patch(path_or_repo_id: str | os.PathLike, revision: str | None = Non
     Returns a JSON-serialisable dict: ``source``, ``path``, ``repo_id`` / ``revision`` / ``commit`` (Hub only),
     ``files``, ``peft_type``, ``config`` (adapter_config.json), ``patch`` (rank, alpha, scale, gate, init, ...),
     ``target_modules``, ``trainable_parameters`` (sum of the tensor sizes in the safetensors header), ``tensors``,
-    ``dtypes``, ``layers`` (name, rank, parameters per patched layer), ``fingerprint`` (of the base generator),
+    ``dtypes``, ``layers`` (name, rank, parameters per patched layer), ``fingerprint`` (of the base generator) with
+    ``fingerprint_source`` (``"lora_patch.json"`` / ``"adapter_config.json"``: recorded by the patch and checked
+    against the model by ``load_patch``; ``"card (claimed)"``: only the model card states it, nothing checks it) and
+    ``card_fingerprint`` (what the card claims, None without a card; inspect checks neither against a model),
     ``package_version``, ``base_generator``, ``kind``, ``training`` (images, epochs, steps, seconds when recorded)
     and ``metrics``. Each is read from one named field: the provenance ``save_patch`` wrote in ``lora_patch.json``
     (``training.kind``, ``training.generator``, ``training.images``, ``training.steps``,
@@ -95,6 +99,7 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
         patch["scale"] = alpha / (r ** 0.5 if config.get("scaling", "sqrt_rank") == "sqrt_rank" else r)
     generator = (record.get("generator") or card.get("base_generator")
                  or (config.get("auto_mapping") or {}).get("base_model_class"))
+    fingerprint, fingerprint_source = _fingerprint(sidecar, config, card)
     return {
         "files": sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f))),
         "peft_type": config.get("peft_type"),
@@ -105,7 +110,9 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
         "tensors": len(tensors),
         "dtypes": sorted({dtype for _, dtype in tensors.values()}),
         "layers": sorted(layers.values(), key=lambda e: e["name"]),
-        "fingerprint": sidecar.get("base_fingerprint") or card.get("base_fingerprint"),
+        "fingerprint": fingerprint,
+        "fingerprint_source": fingerprint_source,
+        "card_fingerprint": _text(card.get("base_fingerprint")),
         "package_version": sidecar.get("package_version") or card.get("lora_patch_adapters_version"),
         "base_generator": generator if isinstance(generator, str) else None,
         "base_model": config.get("base_model_name_or_path") or card.get("base_model"),
@@ -113,6 +120,28 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
         "training": _budget(record, summary, card),
         "metrics": _metrics(card, record, summary),
     }
+
+
+FINGERPRINT_CLAIMED = "card (claimed)"
+"""``fingerprint_source`` of a fingerprint that only the model card states: not recorded by the patch files, so
+``load_patch`` never checks it (it checks the files' own records against the model)."""
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _fingerprint(sidecar: Mapping[str, Any], config: Mapping[str, Any],
+                 card: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The base fingerprint and where it is written: ``"lora_patch.json"`` or ``"adapter_config.json"`` (recorded by
+    the patch; ``load_patch`` checks it against the model), :data:`FINGERPRINT_CLAIMED` (only the README card says
+    so), or None."""
+    for value, source in ((sidecar.get("base_fingerprint"), SIDECAR_NAME),
+                          (config.get("base_fingerprint"), "adapter_config.json"),
+                          (card.get("base_fingerprint"), FINGERPRINT_CLAIMED)):
+        if _text(value):
+            return value, source
+    return None, None
 
 
 def _read_json(path: str, required: bool = False) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from ..version import __version__
 from .card import make_model_card
 from .errors import HubConnectionError
 from .format import PATCH_FILES, read_patch_info
-from .hub import LIBRARY_NAME, SHA_RE, hub_error, offline_env
+from .hub_common import LIBRARY_NAME, SHA_RE, hub_error, offline_env
 from .inspect import describe_patch_dir
 from .save import save_patch
 

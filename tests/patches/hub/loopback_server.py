@@ -8,13 +8,22 @@ uploads), ``model_info`` / ``repo_info``, ``list_repo_tree``, ``hf_hub_download`
     POST /api/repos/create                                   {"name", "organization", "visibility"|"private"}
     POST /api/validate-yaml                                  {"content", "repoType"} -> {"errors", "warnings"}
     GET  /api/whoami-v2
-    GET  /api/models/{repo}[/revision/{rev}]                 {"id", "sha", "private", "siblings", ...}
-    GET  /api/models/{repo}/tree/{rev}[/{path}]              [{"type": "file", "path", "size", "oid"}]
+    GET  /api/models/{repo}[/revision/{rev}][?blobs=true]    {"id", "sha", "private", "siblings", ...}; with blobs,
+                                                             siblings carry "size", "blobId" and "lfs"
+    GET  /api/models/{repo}/tree/{rev}[/{path}]              [{"type": "file", "path", "size", "oid", "lfs"?}]
     POST /api/models/{repo}/preupload/{rev}                  every file -> {"uploadMode": "regular", "oid"}
     POST /api/models/{repo}/commit/{rev}                     NDJSON: header, file (base64), deletedFile/Folder
     POST /api/models/{repo}/branch/{branch}                  {"startingPoint"?}
     POST /api/models/{repo}/tag/{rev}                        {"tag", "message"?}
-    HEAD|GET /{repo}/resolve/{rev}/{path}                    ETag, X-Repo-Commit, Content-Length
+    HEAD|GET /{repo}/resolve/{rev}/{path}                    ETag, X-Repo-Commit, Content-Length (+ X-Linked-*)
+
+Files matching ``lfs_patterns`` (default ``*.safetensors``, as the ``.gitattributes`` of a new repo says) are
+*reported* as Git LFS files, as the real Hub does: ``lfs: {oid: sha256, size, pointerSize}`` in the metadata, the git
+blob id of their LFS pointer as ``oid`` / ``blobId``, and ``ETag`` / ``X-Linked-Etag`` = the SHA-256 and
+``X-Linked-Size`` on ``resolve``. Test hook ``tamper``: ``{(repo_id, path): function(stored bytes) -> bytes}``;
+``resolve`` serves what the function returns instead of the stored content, with the stored file's headers (its
+ETag; the served length as ``Content-Length``), while every metadata endpoint keeps describing the stored file, as
+a corrupting mirror or proxy would.
 
 Errors carry the headers ``huggingface_hub.utils.hf_raise_for_status`` maps to its exception classes:
 ``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound`` with 404 (401 for a private repo read without a
@@ -36,11 +45,13 @@ Usage::
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +68,12 @@ _SHA_RE = re.compile(r"[0-9a-f]{40}")
 def git_blob_oid(content: bytes) -> str:
     """The git blob id (sha1 of ``blob <size>\\0<content>``) that the Hub reports for regular files."""
     return hashlib.sha1(b"blob " + str(len(content)).encode() + b"\0" + content).hexdigest()
+
+
+def lfs_pointer(content: bytes) -> bytes:
+    """The Git LFS pointer file git stores for an LFS-tracked file (its blob id is the file's ``oid``)."""
+    sha256 = hashlib.sha256(content).hexdigest()
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(content)}\n".encode()
 
 
 @dataclass
@@ -105,8 +122,11 @@ class LoopbackHub:
     """In-memory Hub on ``127.0.0.1:<random port>``; ``token`` may read and write, ``read_tokens`` may only read."""
 
     def __init__(self, token: str = "hf_loopback_write", read_tokens: tuple[str, ...] = (),
-                 max_requests: int = 2000, max_body: int = 32 * 1024 * 1024, user: str = DEFAULT_USER) -> None:
+                 max_requests: int = 2000, max_body: int = 32 * 1024 * 1024, user: str = DEFAULT_USER,
+                 lfs_patterns: tuple[str, ...] = ("*.safetensors",)) -> None:
         self.token = token
+        self.lfs_patterns = tuple(lfs_patterns)
+        self.tamper: dict[tuple[str, str], Callable[[bytes], bytes]] = {}  # (repo_id, path) -> what resolve serves
         self.read_tokens = set(read_tokens)
         self.max_requests = max_requests
         self.max_body = max_body
@@ -203,6 +223,14 @@ class LoopbackHub:
                 out.append(repo.commits[oid])
                 oid = repo.commits[oid].parent
             return out
+
+    def file_metadata(self, path: str, content: bytes) -> dict[str, Any]:
+        """``{"size", "oid", "lfs"?}`` of a stored file, as the Hub's tree / blobs metadata describes it."""
+        if not any(fnmatch.fnmatch(path, pattern) for pattern in self.lfs_patterns):
+            return {"size": len(content), "oid": git_blob_oid(content)}
+        pointer = lfs_pointer(content)
+        return {"size": len(content), "oid": git_blob_oid(pointer), "lfs": {
+            "oid": hashlib.sha256(content).hexdigest(), "size": len(content), "pointerSize": len(pointer)}}
 
     def paths_requested(self, suffix: str) -> list[str]:
         return [path for _, path, _ in self.requests if urlsplit(path).path.endswith(suffix)]
@@ -363,10 +391,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _api_models(self, method: str, rest: list[str], query: dict[str, list[str]],
                     body: bytes) -> tuple[int, dict[str, str], bytes]:
         repo_id, tail = "/".join(rest[:2]), rest[2:]
+        blobs = (query.get("blobs") or ["false"])[0].lower() in ("1", "true")
         if method == "GET" and not tail:
-            return self._model_info(self._repo(repo_id), "main")
+            return self._model_info(self._repo(repo_id), "main", blobs)
         if method == "GET" and len(tail) == 2 and tail[0] == "revision":
-            return self._model_info(self._repo(repo_id), tail[1])
+            return self._model_info(self._repo(repo_id), tail[1], blobs)
         if method == "GET" and len(tail) >= 2 and tail[0] == "tree":
             return self._tree(self._repo(repo_id), tail[1], "/".join(tail[2:]), query)
         if method == "POST" and len(tail) == 2 and tail[0] == "preupload":
@@ -380,8 +409,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.unhandled.append((method, self.path))
         raise HubError(404, f"not implemented by the loopback hub: {method} {self.path}")
 
-    def _model_info(self, repo: Repo, revision: str) -> tuple[int, dict[str, str], bytes]:
+    def _model_info(self, repo: Repo, revision: str, blobs: bool = False) -> tuple[int, dict[str, str], bytes]:
         commit = self._commit_of(repo, revision)
+        siblings = []
+        for path in sorted(commit.files):
+            sibling: dict[str, Any] = {"rfilename": path}
+            if blobs:
+                meta = self.hub.file_metadata(path, commit.files[path])
+                sibling.update({"size": meta["size"], "blobId": meta["oid"]})
+                if "lfs" in meta:
+                    sibling["lfs"] = {"sha256": meta["lfs"]["oid"], "size": meta["lfs"]["size"],
+                                      "pointerSize": meta["lfs"]["pointerSize"]}
+            siblings.append(sibling)
         card = _front_matter(commit.files.get("README.md", b""))
         return _json({
             "id": repo.repo_id, "_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24],
@@ -392,7 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
             "tags": list(card.get("tags") or []) if isinstance(card, dict) else [],
             "library_name": card.get("library_name") if isinstance(card, dict) else None,
             "cardData": card if isinstance(card, dict) else None,
-            "siblings": [{"rfilename": path} for path in sorted(commit.files)],
+            "siblings": siblings,
         })
 
     def _tree(self, repo: Repo, revision: str, prefix: str,
@@ -412,8 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parents = path.split("/")[:-1]
                 for i in range(len(prefix.split("/")) if prefix else 0, len(parents)):
                     folders.add("/".join(parents[: i + 1]))
-            content = commit.files[path]
-            entries.append({"type": "file", "path": path, "size": len(content), "oid": git_blob_oid(content)})
+            entries.append({"type": "file", "path": path, **self.hub.file_metadata(path, commit.files[path])})
         if prefix and not entries and not folders:
             raise HubError(404, f"{prefix} does not exist on {revision}", "EntryNotFound")
         entries += [{"type": "directory", "path": f, "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0}
@@ -495,10 +533,17 @@ class _Handler(BaseHTTPRequestHandler):
         content = commit.files.get(path)
         if content is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
-        oid = git_blob_oid(content)
-        return 200, {"ETag": f'"{oid}"', "X-Repo-Commit": commit.oid, "Content-Length": str(len(content)),
-                     "Content-Type": "application/octet-stream", "Accept-Ranges": "none",
-                     "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}, content
+        meta = self.hub.file_metadata(path, content)
+        headers = {"ETag": f'"{meta["oid"]}"', "X-Repo-Commit": commit.oid,
+                   "Content-Type": "application/octet-stream", "Accept-Ranges": "none",
+                   "Content-Disposition": f'inline; filename="{path.rsplit("/", 1)[-1]}"'}
+        if "lfs" in meta:  # the real Hub names LFS files by their sha256
+            headers.update({"ETag": f'"{meta["lfs"]["oid"]}"', "X-Linked-Etag": f'"{meta["lfs"]["oid"]}"',
+                            "X-Linked-Size": str(meta["size"])})
+        tamper = self.hub.tamper.get((repo.repo_id, path))
+        content = tamper(content) if tamper is not None else content
+        headers["Content-Length"] = str(len(content))
+        return 200, headers, content
 
     def _base(self) -> str:
         host, port = self.server.server_address[:2]

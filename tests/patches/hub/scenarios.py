@@ -121,7 +121,8 @@ def _error(fn, *args, **kwargs) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - reported to the test, which checks the class
         names = [cls.__name__ for cls in type(exc).__mro__ if cls not in (BaseException, object)]
         return {"raised": True, "type": type(exc).__name__, "mro": names, "message": str(exc),
-                "module": type(exc).__module__}
+                "module": type(exc).__module__, "reason": getattr(exc, "reason", None),
+                "path": getattr(exc, "path", None)}
     return {"raised": False}
 
 
@@ -310,7 +311,92 @@ def scenario_cli(args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-SCENARIOS = {"roundtrip": scenario_roundtrip, "offline": scenario_offline, "cli_calls": scenario_cli}
+def _flip_byte(path: str, offset: int = -1) -> None:
+    """Change one byte of a file in place (same size): a silently corrupted cache file."""
+    with open(path, "r+b") as f:
+        f.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def scenario_integrity(args: dict[str, Any]) -> dict[str, Any]:
+    """Downloads whose bytes differ from the commit's file metadata (the server's ``tamper`` hook, set by the test on
+    ``tester/tampered-*``), then cache files corrupted after a clean pull: online and offline pulls refuse them."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    from lora_patch_adapters import patches
+    from lora_patch_adapters.patches.verify import VERIFIED_DIR
+
+    token, work = args["token"], args["workdir"]
+    base = _toy_base()
+    model = _random_patch(base, seed=1)
+    expected_out = _outputs(model)
+    source = _save(model, os.path.join(work, "patch"), metadata=TRAINING_RECORD)
+    original = {name: _read(source, name) for name in ("adapter_config.json", "adapter_model.safetensors")}
+    shas = {repo: patches.push_patch(source, repo, token=token).rsplit("/", 1)[-1]
+            for repo in ("tester/tampered-weights", "tester/tampered-config", "tester/truncated-weights",
+                         "tester/clean")}
+    result: dict[str, Any] = {"shas": shas, "sha256_weights": hashlib.sha256(original["adapter_model.safetensors"])
+                              .hexdigest(), "size_config": len(original["adapter_config.json"])}
+    for repo in ("tester/tampered-weights", "tester/tampered-config", "tester/truncated-weights"):
+        result[repo] = _error(patches.pull_patch, repo, revision=shas[repo])
+    result["tampered_weights_load"] = _error(_load, base, "tester/tampered-weights", shas["tester/tampered-weights"])
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli_main(["pull", "tester/tampered-weights", "--out", os.path.join(work, "out")])
+    result["tampered_cli"] = {"code": code, "stderr": err.getvalue(), "out_exists": os.path.exists(
+        os.path.join(work, "out"))}
+    result["tampered_weights_inspect"] = _error(patches.inspect_patch, "tester/tampered-weights",
+                                                revision=shas["tester/tampered-weights"])
+
+    repo, sha = "tester/clean", shas["tester/clean"]
+    clean = patches.pull_patch(repo, revision=sha)
+    storage = os.path.dirname(os.path.dirname(clean))
+    record = os.path.join(storage, VERIFIED_DIR, sha + ".json")
+    result["record_written"] = os.path.isfile(record)
+    result["clean_bytes_equal"] = all(_read(clean, n) == original[n] for n in original)
+    weights = os.path.realpath(os.path.join(clean, "adapter_model.safetensors"))
+    _flip_byte(weights)  # same size, one bit changed
+    result["corrupt_offline"] = _error(patches.pull_patch, repo, revision=sha, local_files_only=True)
+    result["corrupt_online"] = _error(patches.pull_patch, repo, revision=sha)
+    result["corrupt_load"] = _error(_load, base, repo, sha)
+    result["corrupt_blob"] = weights
+    # the fix the message gives: delete that cache entry and pull again
+    os.remove(result["corrupt_offline"].get("path") or weights)
+    again = patches.pull_patch(repo, revision=sha)
+    result["repulled_bytes_equal"] = _read(again, "adapter_model.safetensors") == original["adapter_model.safetensors"]
+    result["repulled_loads"] = _same(_outputs(_load(base, repo, sha)), expected_out)
+    result["offline_after_repull"] = _same(_outputs(_load(base, patches.pull_patch(repo, revision=sha,
+                                                                                     local_files_only=True))),
+                                           expected_out)
+    config = os.path.realpath(os.path.join(clean, "adapter_config.json"))
+    with open(config, "ab") as f:
+        f.write(b" ")  # a regular (non-LFS) file grows by one byte
+    result["config_grown_offline"] = _error(patches.pull_patch, repo, revision=sha, local_files_only=True)
+    with open(config, "wb") as f:
+        f.write(original["adapter_config.json"])
+
+    # no record (a snapshot fetched by another tool): huggingface_hub's cached file list (git blob ids) verifies it
+    if os.path.exists(record):
+        os.remove(record)
+    result["tree_cache_ok"] = os.path.isdir(patches.pull_patch(repo, revision=sha, local_files_only=True))
+    _flip_byte(os.path.realpath(os.path.join(clean, "adapter_model.safetensors")), offset=20)
+    result["tree_cache_corrupt"] = _error(patches.pull_patch, repo, revision=sha, local_files_only=True)
+    if os.path.exists(os.path.join(storage, "trees", sha + ".json")):
+        os.remove(os.path.join(storage, "trees", sha + ".json"))
+    from huggingface_hub import _tree_cache
+
+    _tree_cache._IN_MEMORY_TREE_CACHE.clear()  # huggingface_hub also keeps the listings it read in memory
+    result["unverifiable"] = _error(patches.pull_patch, repo, revision=sha, local_files_only=True)
+    result["hub_cache"] = constants.HF_HUB_CACHE
+    return result
+
+
+SCENARIOS = {"roundtrip": scenario_roundtrip, "offline": scenario_offline, "cli_calls": scenario_cli,
+             "integrity": scenario_integrity}
 
 
 def main(argv: list[str]) -> int:

@@ -100,14 +100,29 @@ def _cli_process_job(tmp: Path):
                           capture_output=True, text=True, timeout=120, check=False)
 
 
-JOBS = {"roundtrip": _roundtrip_job, "offline": _offline_job, "cli": _cli_job, "cli_process": _cli_process_job}
+def _flip_last_byte(content: bytes) -> bytes:
+    return content[:-1] + bytes([content[-1] ^ 0x01])
+
+
+def _integrity_job(tmp: Path):
+    """Tampered downloads: the server serves other bytes than its commit metadata describes for three repos."""
+    with LoopbackHub(token=TOKEN) as hub:
+        hub.tamper[("tester/tampered-weights", "adapter_model.safetensors")] = _flip_last_byte  # same size, LFS
+        hub.tamper[("tester/tampered-config", "adapter_config.json")] = lambda content: content + b"\n"  # regular
+        hub.tamper[("tester/truncated-weights", "adapter_model.safetensors")] = lambda content: content[:-8]
+        return hub, run_scenario("integrity", hub.url, tmp, token=TOKEN)
+
+
+JOBS = {"roundtrip": _roundtrip_job, "offline": _offline_job, "cli": _cli_job, "cli_process": _cli_process_job,
+        "integrity": _integrity_job}
 NEEDS = {"offline": ("roundtrip",)}
 TEST_JOBS = {  # test function -> the job it reads
     "test_round_trip_by_repo_id_sha_tag_and_branch": "roundtrip", "test_only_patch_files_travel": "roundtrip",
     "test_model_card": "roundtrip", "test_inspect": "roundtrip", "test_peft_push_to_hub_against_the_loopback_hub":
     "roundtrip", "test_errors_have_the_right_class_and_one_line": "roundtrip",
     "test_offline_after_pull_with_the_server_stopped": "offline", "test_cli_push_pull_inspect": "cli",
-    "test_cli_error_in_a_real_process": "cli_process",
+    "test_cli_error_in_a_real_process": "cli_process", "test_tampered_downloads_are_refused": "integrity",
+    "test_corrupted_cache_is_refused_online_and_offline": "integrity",
 }
 
 
@@ -197,6 +212,9 @@ def test_inspect(roundtrip):
     assert remote["training"]["steps"] == 12 and remote["kind"] == "bypass"
     assert remote["package_version"]
     assert remote["fingerprint"].startswith("sha256:") and remote["fingerprint"] == local["fingerprint"]
+    # recorded by the patch files (checked by load_patch), and the generated card repeats it
+    assert remote["fingerprint_source"] == local["fingerprint_source"] == "lora_patch.json"
+    assert remote["card_fingerprint"] == remote["fingerprint"] and local["card_fingerprint"] is None
 
 
 def test_peft_push_to_hub_against_the_loopback_hub(roundtrip):
@@ -310,3 +328,47 @@ def test_cli_error_in_a_real_process(jobs):
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("lora-patch pull: error: cannot reach the Hub at http://127.0.0.1:"), proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------- integrity
+def _assert_integrity(error: dict, *needles: str) -> None:
+    assert_one_line(error, "PatchIntegrityError")
+    assert "HubError" in error["mro"] and "RuntimeError" in error["mro"], error
+    for needle in needles:
+        assert needle in error["message"], (needle, error["message"])
+
+
+def test_tampered_downloads_are_refused(jobs):
+    hub, r = jobs["integrity"].result()
+    weights = r["tester/tampered-weights"]  # same size: only the LFS sha256 tells
+    _assert_integrity(weights, "adapter_model.safetensors", "sha256", r["sha256_weights"], "delete", "pull again")
+    assert weights["reason"] == "integrity" and weights["path"] and "/blobs/" in weights["path"]
+    config = r["tester/tampered-config"]  # a regular file, one byte longer
+    _assert_integrity(config, "adapter_config.json", f"expected {r['size_config']} bytes",
+                      f"got {r['size_config'] + 1}")
+    _assert_integrity(r["tester/truncated-weights"], "size")  # huggingface_hub's own size check, mapped
+    _assert_integrity(r["tampered_weights_load"], "adapter_model.safetensors")
+    _assert_integrity(r["tampered_weights_inspect"], "adapter_model.safetensors")
+    cli = r["tampered_cli"]
+    assert cli["code"] == 1 and not cli["out_exists"], cli
+    assert len(cli["stderr"].splitlines()) == 1 and cli["stderr"].startswith("lora-patch pull: error: "), cli
+    assert "adapter_model.safetensors" in cli["stderr"] and "Traceback" not in cli["stderr"]
+    # the server did serve the tampered bytes: the refusals come from verification, not from a failed download
+    assert hub.paths_requested("/adapter_model.safetensors") and hub.unhandled == []
+
+
+def test_corrupted_cache_is_refused_online_and_offline(jobs):
+    _, r = jobs["integrity"].result()
+    assert r["record_written"] is True and r["clean_bytes_equal"] is True
+    for key in ("corrupt_offline", "corrupt_online", "corrupt_load"):
+        _assert_integrity(r[key], "adapter_model.safetensors", "sha256", r["sha256_weights"], r["corrupt_blob"])
+    assert r["corrupt_offline"]["path"] == r["corrupt_blob"]
+    assert "verified when it was pulled" in r["corrupt_offline"]["message"]
+    assert "on the Hub" in r["corrupt_online"]["message"]
+    # deleting the named cache entry and pulling again repairs it, online and then offline
+    for key in ("repulled_bytes_equal", "repulled_loads", "offline_after_repull", "tree_cache_ok"):
+        assert r[key] is True, key
+    _assert_integrity(r["config_grown_offline"], "adapter_config.json", f"expected {r['size_config']} bytes")
+    _assert_integrity(r["tree_cache_corrupt"], "adapter_model.safetensors", "git blob id", "huggingface_hub")
+    _assert_integrity(r["unverifiable"], "cannot be verified offline", "network access")
+    assert r["unverifiable"]["reason"] == "unverified"

@@ -114,3 +114,162 @@ def test_add_hub_commands_on_a_plain_parser():
     assert args.offline and args.out == "x" and args.revision is None
     args = parser.parse_args(["inspect", "a/b", "--json", "--revision", "v1"])
     assert args.json and args.revision == "v1" and callable(args.func)
+
+
+# ------------------------------------------------------------------------------------- fingerprint provenance
+CLAIM = "sha256:" + "ab" * 32
+
+
+def _card(path: str, fingerprint: str) -> None:
+    with open(os.path.join(path, "README.md"), "w") as f:
+        f.write(f"---\nlibrary_name: peft\nbase_fingerprint: {fingerprint}\n---\n# a card\n")
+
+
+def test_inspect_reports_a_card_fingerprint_as_claimed(tmp_path, capsys):
+    from lora_patch_adapters.cli.hub import _describe
+
+    path, _ = _patch_dir(tmp_path)
+    config_file = os.path.join(path, "adapter_config.json")
+    with open(config_file) as f:
+        config = json.load(f)
+    recorded = config.pop("base_fingerprint")
+    assert recorded.startswith("sha256:") and recorded != CLAIM
+    info = patches.inspect_patch(path)
+    assert (info["fingerprint"], info["fingerprint_source"], info["card_fingerprint"]) == (recorded,
+                                                                                        "adapter_config.json", None)
+    assert "claimed" not in _describe(info)
+
+    _card(path, CLAIM)  # the card claims another base: the patch's own record wins, the claim is reported apart
+    info = patches.inspect_patch(path)
+    assert (info["fingerprint"], info["fingerprint_source"], info["card_fingerprint"]) == (recorded,
+                                                                                        "adapter_config.json", CLAIM)
+    line = next(li for li in _describe(info).splitlines() if li.startswith("fingerprint:"))
+    assert recorded in line and f"claims {CLAIM}" in line and "unverified" in line
+
+    with open(config_file, "w") as f:
+        json.dump(config, f)  # nothing in the patch files records a fingerprint: only the card's claim is left
+    info = patches.inspect_patch(path)
+    assert (info["fingerprint"], info["fingerprint_source"], info["card_fingerprint"]) == (CLAIM, "card (claimed)",
+                                                                                        CLAIM)
+    line = next(li for li in _describe(info).splitlines() if li.startswith("fingerprint:"))
+    assert CLAIM in line and "claimed" in line and "not checked" in line
+    # a card generated from this directory does not republish the claim as the patch's fingerprint
+    card = patches.make_model_card(path)
+    assert "base_fingerprint" not in _front_matter(card)
+    assert f"an earlier card claimed `{CLAIM}`, unverified" in str(card)
+
+
+def test_inspect_fingerprint_from_the_provenance_file(tmp_path):
+    path, _ = _patch_dir(tmp_path, lora_patch={"base_fingerprint": "sha256:" + "cd" * 32})
+    _card(path, CLAIM)
+    info = patches.inspect_patch(path)
+    assert info["fingerprint"] == "sha256:" + "cd" * 32 and info["fingerprint_source"] == "lora_patch.json"
+    assert _front_matter(patches.make_model_card(path))["base_fingerprint"] == "sha256:" + "cd" * 32
+
+
+# ----------------------------------------------------------------------------------------------- pull --out
+def _snapshot(root, name: str, files: dict[str, bytes]) -> str:
+    folder = root / "snapshots" / name
+    folder.mkdir(parents=True)
+    for file, content in files.items():
+        (folder / file).write_bytes(content)
+    return str(folder)
+
+
+REV_A = {"adapter_config.json": b'{"rev": "A"}', "adapter_model.safetensors": b"weights-A" * 10,
+         "summary.json": b'{"rev": "A"}'}
+REV_B = {"adapter_config.json": b'{"rev": "B", "longer": true}', "adapter_model.safetensors": b"weights-B" * 12}
+
+
+@pytest.fixture
+def pull_cli(tmp_path, monkeypatch):
+    """``lora-patch pull REPO --out DIR`` with the Hub replaced by local snapshot folders (REV_A, REV_B)."""
+    from lora_patch_adapters import cli
+
+    snapshots = {"a": _snapshot(tmp_path, "a" * 40, REV_A), "b": _snapshot(tmp_path, "b" * 40, REV_B)}
+
+    def fake_pull(repo_id, revision=None, token=None, local_files_only=False):
+        return snapshots[revision]
+
+    monkeypatch.setattr(patches, "pull_patch", fake_pull)
+
+    def run(revision: str, out) -> int:
+        return cli.main(["pull", "tester/x", "--revision", revision, "--out", str(out)])
+
+    return run
+
+
+def _contents(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def test_pull_out_refuses_a_folder_that_is_not_a_patch(tmp_path, pull_cli, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_bytes(b"my work")
+    (out / "adapter_model.safetensors").write_bytes(b"my own weights")
+    assert pull_cli("a", out) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lora-patch pull: error: ") and "not a patch directory" in err and len(err.splitlines()) == 1
+    assert _contents(out) == {"thesis.txt": b"my work", "adapter_model.safetensors": b"my own weights"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "snapshots"]  # no temporary folder left
+
+
+def test_pull_out_never_overwrites_a_patch_it_did_not_write(tmp_path, pull_cli, capsys):
+    saved, _ = _patch_dir(tmp_path)  # a patch saved by the user
+    before = {name: open(os.path.join(saved, name), "rb").read() for name in os.listdir(saved)}
+    assert pull_cli("a", saved) == 1
+    assert "was not written by lora-patch pull" in capsys.readouterr().err
+    assert {name: open(os.path.join(saved, name), "rb").read() for name in os.listdir(saved)} == before
+
+
+def test_pull_out_replaces_only_what_an_earlier_pull_wrote(tmp_path, pull_cli, capsys):
+    out = tmp_path / "copy"
+    assert pull_cli("a", out) == 0
+    assert _contents(out) == REV_A
+    (out / "notes.txt").write_bytes(b"keep me")
+    (out / "plots").mkdir()
+    (out / "plots" / "grid.png").write_bytes(b"png")
+    assert pull_cli("b", out) == 0
+    assert _contents(out) == {**REV_B, "notes.txt": b"keep me"}  # A's summary.json is gone: it belonged to A
+    assert (out / "plots" / "grid.png").read_bytes() == b"png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "snapshots"]
+    (out / "adapter_config.json").write_bytes(b'{"edited": "by hand"}')
+    capsys.readouterr()
+    assert pull_cli("a", out) == 1  # an edited file is the user's now
+    assert "was changed after lora-patch pull wrote it" in capsys.readouterr().err
+    assert (out / "adapter_config.json").read_bytes() == b'{"edited": "by hand"}'
+
+
+def test_an_interrupted_pull_leaves_the_previous_revision_whole(tmp_path, pull_cli, monkeypatch):
+    import shutil
+
+    out = tmp_path / "copy"
+    assert pull_cli("a", out) == 0
+    real_copyfile, calls = shutil.copyfile, []
+
+    def copy_then_die(src, dst, *args, **kwargs):
+        calls.append(src)
+        if len(calls) == 2:  # killed after the new config was written, before the new weights
+            raise KeyboardInterrupt
+        return real_copyfile(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_die)
+    assert pull_cli("b", out) == 130
+    assert len(calls) == 2
+    assert _contents(out) == REV_A  # all of revision A, nothing of B
+    monkeypatch.setattr(shutil, "copyfile", real_copyfile)
+    assert pull_cli("b", out) == 0 and _contents(out) == REV_B
+
+
+def test_pull_out_after_a_crash_between_the_two_renames(tmp_path, pull_cli, capsys):
+    out = tmp_path / "copy"
+    assert pull_cli("a", out) == 0
+    out.rename(tmp_path / "copy.pull-old-x1")  # a pull killed exactly between its two renames...
+    (tmp_path / "copy.pull-tmp-x2").mkdir()  # ...and another one killed while copying
+    assert pull_cli("b", out) == 1
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "copy.pull-old-x1" in err and not out.exists()
+    (tmp_path / "copy.pull-old-x1").rename(out)  # what the message says to do
+    assert pull_cli("b", out) == 0 and _contents(out) == REV_B
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "snapshots"]  # the stale temporary folder went

@@ -78,3 +78,30 @@ def test_unknown_routes_and_request_limit(hub):
         call(hub, "GET", "/api/whoami-v2", token="w")
     status, _, body = call(hub, "GET", "/api/whoami-v2", token="w")
     assert status == 400 and b"request limit" in body and hub.limit_hit
+
+
+def test_file_metadata_lfs_and_tamper_hook(hub):
+    import hashlib
+
+    repo = hub.create_repo("me/lfs")
+    weights, config = b"\x00\x01" * 50, b'{"r": 2}'
+    hub._commit(repo, None, "add", {**repo.commits[repo.branches["main"]].files, "w.safetensors": weights,
+                                    "adapter_config.json": config})
+    sha256 = hashlib.sha256(weights).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize 100\n".encode()
+    pointer_oid = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+    info = json.loads(call(hub, "GET", "/api/models/me/lfs/revision/main?blobs=true")[2])
+    siblings = {s["rfilename"]: s for s in info["siblings"]}
+    assert siblings["w.safetensors"] == {"rfilename": "w.safetensors", "size": 100, "blobId": pointer_oid,
+                                         "lfs": {"sha256": sha256, "size": 100, "pointerSize": len(pointer)}}
+    assert siblings["adapter_config.json"] == {"rfilename": "adapter_config.json", "size": len(config),
+                                               "blobId": hashlib.sha1(b"blob 8\0" + config).hexdigest()}
+    assert json.loads(call(hub, "GET", "/api/models/me/lfs")[2])["siblings"][0].keys() == {"rfilename"}
+    tree = {e["path"]: e for e in json.loads(call(hub, "GET", "/api/models/me/lfs/tree/main")[2])}
+    assert tree["w.safetensors"]["lfs"] == {"oid": sha256, "size": 100, "pointerSize": len(pointer)}
+    status, headers, body = call(hub, "GET", "/me/lfs/resolve/main/w.safetensors")
+    assert (status, body, headers["ETag"], headers["X-Linked-Size"]) == (200, weights, f'"{sha256}"', "100")
+    hub.tamper[("me/lfs", "w.safetensors")] = lambda content: content[:-1] + b"\xff"
+    status, headers, body = call(hub, "GET", "/me/lfs/resolve/main/w.safetensors")
+    assert body == weights[:-1] + b"\xff" and headers["ETag"] == f'"{sha256}"'  # other bytes, same claims
+    assert json.loads(call(hub, "GET", "/api/models/me/lfs?blobs=1")[2])["siblings"] == info["siblings"]
