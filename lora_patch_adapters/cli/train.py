@@ -56,6 +56,9 @@ def _add_training(p: argparse.ArgumentParser, preset: str, feature_weight: float
     g.add_argument("--resume", nargs="?", const="latest", metavar="PATH|latest",
                    help="continue from a checkpoint directory, or the newest one under OUT/checkpoints ('latest', "
                         "the value when the flag is given alone)")
+    g.add_argument("--force-resume", action="store_true",
+                   help="resume even when the checkpoint was written by another run configuration (patch, schedule, "
+                        "batch size, seed, learning rate, attack, loss or data); refused by default")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="the fast training path: no host syncs per step, fused Adam, bf16/channels_last by default "

@@ -8,6 +8,7 @@ defaults are the field's eps 0.05, 10 x 0.01); the evaluate pipeline measures ot
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shlex
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from ..defenses.base import Defense
 from ..defenses.pgd import PGD, PGD_EPS, PGD_STEP_SIZE, PGD_STEPS
@@ -24,12 +26,13 @@ from ..evaluation import EvaluationResult, compare, evaluate_defense, evaluate_w
 from ..generators import Editor
 from ..losses import MMFALoss
 from ..patches import save_patch
-from ..training import BypassTrainer, TrainingConfig, Watermark, WatermarkTrainer
+from ..patches.format import SIDECAR_NAME
+from ..training import BypassTrainer, NonFiniteLossError, TrainingConfig, Watermark, WatermarkTrainer
 from ..tuner.config import LoraPatchConfig
 from ..version import __version__
 from . import reporting
 from .errors import RunInputError
-from .inputs import Inputs, other_split
+from .inputs import Inputs, other_split, stack
 from .summary import RunSummary
 
 KINDS = ("bypass", "watermark")
@@ -55,6 +58,7 @@ class TrainSettings(Inputs):
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     resume: str | None = None
+    force_resume: bool = False
     no_progress: bool = False
     fast: bool | None = None
     precision: str = "auto"
@@ -105,7 +109,7 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
                             lr_schedule=s.lr_schedule, schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip,
                             checkpoint_every=s.checkpoint_every, keep_checkpoints=s.keep_checkpoints,
                             progress=not s.no_progress, fast=s.fast, precision=s.precision, compile=s.compile,
-                            cache_references=s.cache_references)
+                            cache_references=s.cache_references, force_resume=s.force_resume)
     attack = PGD(eps=s.eps, steps=s.pgd_steps, step_size=s.pgd_step_size, seed=s.seed)
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)
@@ -115,12 +119,13 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
 
         train_data: Any = testbed_faces(s.images or 1000, seed=s.seed, split="train")
         n_train = int(train_data[0].shape[0])
-    else:
-        train_data = s.celeba(editor, s.split, s.images)
+        eval_x, eval_labels = s.images_for(editor, "test", other_split(s.split), s.eval_images, s.eval_images)
+    else:  # counts checked against the files before anything is read, trained or written
+        train_data = _first(s.celeba(editor, s.split), s.images, "--images", s)
+        held_out = _first(s.celeba(editor, other_split(s.split)), s.eval_images, "--eval-images", s)
         n_train = len(train_data)
+        eval_x, eval_labels = stack(held_out)
     data_desc = s.describe(n_train, "train", s.split)
-    eval_x, eval_labels = s.images_for(editor, "test", other_split(s.split), s.eval_images, s.eval_images)
-    os.makedirs(s.out, exist_ok=True)
     loaded = time.perf_counter()
 
     trainer_cls = WatermarkTrainer if s.kind == "watermark" else BypassTrainer
@@ -133,6 +138,8 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
          f"PGD-{s.pgd_steps} (eps {s.eps:g})" + (f", resuming from {s.resume}" if s.resume else ""))
     result = trainer.train(train_data, resume_from=s.resume, num_workers=s.workers)
     trained = time.perf_counter()
+    _check_replacement(trainer, os.path.join(s.out, "patch"), s.resume)
+    os.makedirs(s.out, exist_ok=True)
     provenance = {"generator": s.generator, "checkpoint": s.checkpoint, "data": data_desc, "images": n_train,
                   "command": ["lora-patch", *s.argv], "version": __version__}
     if watermark is not None:
@@ -239,6 +246,45 @@ def _evaluate_watermark(summary: RunSummary, defense: PGD, base: Editor, editor:
         ("![input / base edit / patched edit / patched edit of the input protected against the patch]"
          f"({reporting.GRID})"),
     ]
+
+
+def _first(dataset: Any, n: int | None, flag: str, s: TrainSettings) -> Dataset:
+    """The first ``n`` items of a CelebA split (all for None), refused with one line when the split has fewer rows
+    or fewer of their image files exist."""
+    wanted = len(dataset) if n is None else n
+    asked = f"{flag} {n}" if n is not None else f"{flag} (default: the whole split, {wanted})"
+    if wanted > len(dataset):
+        raise RunInputError(f"{asked}: the CelebA {dataset.split} split of {s.attr_file} has {len(dataset)} "
+                            f"images; pass {flag} between 1 and {len(dataset)}")
+    present = next((i for i in range(wanted) if not dataset.image_path(i).is_file()), wanted)
+    if present == 0 < wanted:
+        raise RunInputError(f"{asked}: no image of the CelebA {dataset.split} split is under {s.data} "
+                            f"({dataset.image_path(0)} is missing)")
+    if present < wanted:
+        raise RunInputError(f"{asked}: only the first {present} image(s) of the CelebA {dataset.split} split exist "
+                            f"({dataset.image_path(present)} is missing); pass {flag} {present} or fewer")
+    return dataset if wanted == len(dataset) else Subset(dataset, range(wanted))
+
+
+def _check_replacement(trainer: Any, patch_dir: str, resume: str | None) -> None:
+    """Never save NaN/Inf weights, and never let a resumed run replace ``patch_dir`` with an earlier state."""
+    bad = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    kept = " (the patch there is left as it was)" if os.path.isdir(patch_dir) else ""
+    if bad:
+        raise NonFiniteLossError(f"The trained patch holds NaN/Inf in {len(bad)} tensor(s) (e.g. {bad[0]}); not "
+                                 f"saving it to {patch_dir}{kept}. Resume from an earlier checkpoint (--resume PATH)")
+    sidecar = os.path.join(patch_dir, SIDECAR_NAME)
+    if resume is None or not os.path.isfile(sidecar):
+        return
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            steps = json.load(f)["training"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a readable trained patch: nothing good to protect
+    if isinstance(steps, int) and trainer.step < steps:
+        raise RunInputError(f"not replacing {patch_dir} (trained for {steps} steps) with the patch of this resumed "
+                            f"run ({trainer.step} steps){kept}; resume from a later checkpoint, raise --max-steps / "
+                            "--epochs, or choose another --out")
 
 
 def _arguments(settings: Any) -> dict[str, Any]:

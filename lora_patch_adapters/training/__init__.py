@@ -2,7 +2,14 @@
 with its visible-warning target (:class:`Watermark`), checkpoints and seeding."""
 
 from .bypass import BypassTrainer
-from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWarning,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from .config import SCHEDULES, TrainingConfig
 from .defensive import WatermarkTrainer
 from .seeding import derive_seed, seed_everything
@@ -13,6 +20,8 @@ __all__ = [
     "SCHEDULES",
     "BypassTrainer",
     "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointWarning",
     "NonFiniteLossError",
     "PatchTrainer",
     "TrainingConfig",

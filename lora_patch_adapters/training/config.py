@@ -43,6 +43,7 @@ class TrainingConfig:
     log_every: int = 10  # history keeps every step; the progress bar / log line refreshes this often
     checkpoint_every: int | None = None  # steps between checkpoints (needs an output directory); None: only final
     keep_checkpoints: int = 2  # the most recent checkpoints kept on disk
+    force_resume: bool = False  # resume even from a checkpoint of another run configuration (patch, schedule, data)
     progress: bool = True  # show a tqdm progress bar
     # ---- the fast path (see lora_patch_adapters.training.runtime); None / "auto": on for CUDA devices, off otherwise
     fast: bool | None = None  # no host syncs per step (records read back every log_every steps), fused Adam
@@ -63,7 +64,8 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
         self.betas = (float(betas[0]), float(betas[1]))
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"TrainingConfig.lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}.")
+            raise ValueError(f"TrainingConfig.lr_schedule must be one of {list(LR_SCHEDULES)}, "
+                             f"got {self.lr_schedule!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainingConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -81,8 +83,9 @@ class TrainingConfig:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"TrainingConfig.compile must be None or one of {list(COMPILE_MODES)}, "
                              f"got {self.compile!r}.")
-        if not isinstance(self.cache_references, bool):
-            raise TypeError(f"TrainingConfig.cache_references must be True or False, got {self.cache_references!r}.")
+        for name in ("cache_references", "force_resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"TrainingConfig.{name} must be True or False, got {getattr(self, name)!r}.")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of 0-based ``step`` out of ``total_steps``."""

@@ -184,6 +184,7 @@ class PatchTrainer:
         self.history: list[dict[str, float]] = []
         self.checkpoints: list[str] = []
         self.total_steps: int | None = None  # set by train(); drives the learning-rate schedule
+        self.run_description: dict[str, Any] | None = None  # set by train(): checkpoints record it, resumes compare
 
     # ---------------------------------------------------------------------------------------------------- hooks
     def default_patch_config(self) -> LoraPatchConfig:
@@ -472,7 +473,7 @@ class PatchTrainer:
     # ------------------------------------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "kind": self.kind,
-                "config": self.config.to_dict(), "history": self.history}
+                "config": self.config.to_dict(), "history": self.history, "run": self.run_description}
 
     def save_checkpoint(self) -> str:
         if self.output_dir is None:
@@ -487,41 +488,47 @@ class PatchTrainer:
         self.checkpoints = [p for p in self.checkpoints if os.path.isdir(p)] + [path]
         return path
 
-    def load_checkpoint(self, path: str) -> None:
-        """Restore patch weights, optimiser, RNG and loop position from a checkpoint directory."""
+    def _read_checkpoint(self, path: str, force: bool | None) -> dict[str, Any]:
+        """A checkpoint read and checked (:func:`checkpoint.load_checkpoint`, :func:`checkpoint.check_compatible`)."""
         data = ckpt.load_checkpoint(path)
+        ckpt.check_compatible(data, path, self.kind, self.run_description,
+                              self.config.force_resume if force is None else force, self.model, self.adapter_name,
+                              self.optimizer)
+        return data
+
+    def load_checkpoint(self, path: str, force_resume: bool | None = None) -> None:
+        """Restore patch weights, optimiser, RNG and loop position from a checkpoint directory, after checking it
+        (intact files, finite weights, this trainer's run configuration unless ``force_resume``, this patch's
+        shapes); every problem is one :class:`~lora_patch_adapters.training.checkpoint.CheckpointError`."""
+        self._restore(self._read_checkpoint(path, force_resume))
+
+    def _restore(self, data: dict[str, Any]) -> None:
         state = data["state"]
-        if state.get("kind") != self.kind:
-            raise ckpt.CheckpointError(f"{path!r} is a {state.get('kind')!r} checkpoint; this is a {self.kind!r} "
-                                       "trainer.")
-        result = peft.set_peft_model_state_dict(self.model, data["adapter_weights"], adapter_name=self.adapter_name)
-        missing = [k for k in getattr(result, "missing_keys", []) if self.adapter_name in k]
-        if missing or getattr(result, "unexpected_keys", []):
-            raise ckpt.CheckpointError(f"{path!r} does not match this patch (missing {missing[:3]}, unexpected "
-                                       f"{list(getattr(result, 'unexpected_keys', []))[:3]}).")
+        peft.set_peft_model_state_dict(self.model, data["adapter_weights"], adapter_name=self.adapter_name)
         self.optimizer.load_state_dict(data["optimizer"])
         set_rng_state(data["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history = list(state.get("history", []))
 
     # ------------------------------------------------------------------------------------------------------ loop
-    def train(
-        self, data: TrainingData, resume_from: str | None = None, num_workers: int = 0
-    ) -> TrainingResult:
+    def train(self, data: TrainingData, resume_from: str | None = None, num_workers: int = 0,
+              force_resume: bool | None = None) -> TrainingResult:
         """Train on ``data`` for ``config.epochs`` (or ``config.max_steps`` batches).
 
-        ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest one under ``output_dir``.
+        ``resume_from``: a checkpoint directory, or ``"latest"`` for the newest intact one under ``output_dir``
+        (damaged or non-finite newer ones are skipped with a warning). The checkpoint's run configuration (patch,
+        schedule, batch size, seed, learning rate, attack, loss, data) must equal this one unless ``force_resume``
+        (default: ``config.force_resume``).
         """
         dataset = as_dataset(data)
         n = len(dataset)
         if n == 0:
             raise ValueError("The training data is empty.")
+        self.run_description = ckpt.describe_run(self.kind, self.model, self.adapter_name, self.config, self.attack,
+                                                 self.loss, ckpt.describe_data(dataset))
         if resume_from is not None:
-            if resume_from == "latest":
-                if self.output_dir is None or ckpt.latest_checkpoint(self.output_dir) is None:
-                    raise ckpt.CheckpointError(f"No checkpoint to resume from under {self.output_dir!r}.")
-                resume_from = ckpt.latest_checkpoint(self.output_dir)
-            self.load_checkpoint(resume_from)
+            self._restore(ckpt.resume_point(resume_from, self.output_dir,
+                                            lambda path: self._read_checkpoint(path, force_resume))[1])
         per_epoch = math.ceil(n / self.config.batch_size)
         total = per_epoch * self.config.epochs
         if self.config.max_steps is not None:

@@ -377,3 +377,121 @@ def test_numeric_flags_are_bounded(capsys, argv, fragment, tmp_path):
 
 def test_the_largest_seed_is_accepted():
     assert cli.build_parser().parse_args(["train", "--out", "o", "--seed", str(2**63 - 1)]).seed == 2**63 - 1
+
+
+# ------------------------------------------------------------------------------------ trustworthy resume (h2)
+def test_images_beyond_the_celeba_data_are_refused_before_anything_is_written(tmp_path, capsys):
+    images, attr = fake_celeba(tmp_path)  # 1000 paper-train rows, of which the first 2 have image files
+    out = tmp_path / "run"
+    base = ["train", "--out", str(out), "--data", str(images), "--attr-file", str(attr), *TINY]
+    err = _one_line_error(capsys, [*base, "--images", "1001"], 1)
+    assert "--images 1001: the CelebA paper-train split" in err and "has 1000 images" in err
+    assert "pass --images between 1 and 1000" in err
+    err = _one_line_error(capsys, [*base, "--images", "3"], 1)
+    assert "--images 3: only the first 2 image(s) of the CelebA paper-train split exist" in err
+    assert "000003.jpg is missing" in err and "pass --images 2 or fewer" in err
+    err = _one_line_error(capsys, [*base, "--images", "2", "--eval-images", "3"], 1)
+    assert "--eval-images 3: only the first 2 image(s) of the CelebA paper-test split exist" in err
+    assert "029003.jpg is missing" in err
+    assert not out.exists()
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_resume_with_other_settings_is_refused_unless_forced(bypass_run, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    shutil.copytree(bypass_run, out)
+    argv = ["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "3", "--checkpoint-every", "1",
+            "--resume"]
+    err = _one_line_error(capsys, [*argv[:-1], "--seed", "7", "--resume"], 1)
+    assert "was written by another run configuration (" in err and "--force-resume" in err
+    # the seed also seeds the inner PGD and draws the testbed faces: all three are named
+    assert "attack: 'PGD(" in err and "data.first_labels: " in err and "training.seed: 42 -> 7" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+    assert main([*argv, "--seed", "7", "--force-resume"]) == 0
+    captured = capsys.readouterr()
+    assert "lora-patch train: warning: force_resume: resuming from" in captured.err
+    assert "training.seed: 42 -> 7" in captured.err
+    assert json.loads((out / "summary.json").read_text())["training"]["steps"] == 3
+
+
+def _poison_checkpoint(directory: Path) -> None:
+    """An intact checkpoint (sizes, hashes, checksum valid) whose patch holds NaNs."""
+    from tests.training.test_resume import first_key, weights_with
+
+    weights_with(directory, lambda t: t[first_key(t, "lora_patch_B")].fill_(float("nan")))
+
+
+def test_a_resumed_run_never_replaces_the_good_patch(bypass_run, tmp_path, capsys, monkeypatch):
+    from lora_patch_adapters.training import BypassTrainer
+
+    out = tmp_path / "finished"
+    shutil.copytree(bypass_run, out)
+    patch, summary = _files(out / "patch"), (out / "summary.json").read_bytes()
+    argv = ["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "2", "--checkpoint-every", "1"]
+    # every checkpoint non-finite: nothing to resume from, nothing written
+    for step in (1, 2):
+        _poison_checkpoint(out / "checkpoints" / f"step-00000{step}")
+    err = _one_line_error(capsys, [*argv, "--resume"], 1)
+    assert f"No intact checkpoint to resume from under {str(out)!r}" in err and "NaN/Inf" in err
+    assert _files(out / "patch") == patch and (out / "summary.json").read_bytes() == summary
+    # an earlier checkpoint than the patch: refused before the patch is touched
+    shutil.rmtree(out)
+    shutil.copytree(bypass_run, out)
+    err = _one_line_error(capsys, [*argv[:-4], "--max-steps", "1", "--resume", str(out / "checkpoints" /
+                                                                                   "step-000001")], 1)
+    assert f"not replacing {out / 'patch'} (trained for 2 steps) with the patch of this resumed run (1 steps)" in err
+    assert _files(out / "patch") == patch
+    # a run whose weights end non-finite never writes them
+    original = BypassTrainer.train
+
+    def diverging(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.parameters[0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(BypassTrainer, "train", diverging)
+    err = _one_line_error(capsys, [*argv[:-4], "--max-steps", "1"], 1)
+    assert "The trained patch holds NaN/Inf in 1 tensor(s)" in err and "(the patch there is left as it was)" in err
+    assert _files(out / "patch") == patch and (out / "summary.json").read_bytes() == summary
+
+
+def test_resume_falls_back_past_a_non_finite_latest_checkpoint_to_the_same_patch(bypass_run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "finished"
+    shutil.copytree(bypass_run, out)
+    before = load_file(str(out / "patch" / "adapter_model.safetensors"))
+    _poison_checkpoint(out / "checkpoints" / "step-000002")
+    assert main(["train", "--out", str(out), *TINY, "--epochs", "2", "--max-steps", "2", "--checkpoint-every", "1",
+                 "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Skipped checkpoint" in err and "step-000002" in err and "NaN/Inf" in err
+    after = load_file(str(out / "patch" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_evaluate_refuses_a_patch_without_fingerprint_unless_asked(bypass_run, tmp_path, capsys):
+    patch = tmp_path / "plain"
+    shutil.copytree(bypass_run / "patch", patch)
+    for name in ("adapter_config.json", "lora_patch.json"):
+        data = json.loads((patch / name).read_text())
+        data.pop("base_fingerprint", None)
+        (patch / name).write_text(json.dumps(data))
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    weights = patch / "adapter_model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if k != "base_fingerprint"}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
+    save_file(tensors, str(weights), metadata=metadata)
+    before = sorted(p.name for p in patch.iterdir())
+    err = _one_line_error(capsys, ["evaluate", str(patch), "--images", "1", "--steps", "1", "--no-progress",
+                                   "--out", str(tmp_path / "e")], 1)
+    assert "--allow-missing-fingerprint" in err and sorted(p.name for p in patch.iterdir()) == before
+    assert main(["evaluate", str(patch), "--images", "1", "--steps", "1", "--no-progress", "--out",
+                 str(tmp_path / "e"), "--allow-missing-fingerprint"]) == 0

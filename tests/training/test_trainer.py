@@ -279,3 +279,23 @@ def test_non_finite_mid_batch_in_the_per_condition_schedule_names_the_last_perio
     with pytest.raises(NonFiniteLossError, match=r"already applied 3 of this batch.*step-000001"):
         trainer.train(tiny_data(6))
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path))] == ["step-000001"]
+
+
+def test_a_checkpoint_records_its_files_and_the_run_it_belongs_to(tmp_path, pixel_loss):
+    import hashlib
+
+    trainer = BypassTrainer(tiny_editor(), patch=KAIMING, loss=pixel_loss, attack=PatternAttack(),
+                            config=quick_config(max_steps=1, checkpoint_every=1), output_dir=str(tmp_path))
+    trainer.train(tiny_data(3))
+    path = list_checkpoints(str(tmp_path))[-1]
+    with open(os.path.join(path, "trainer_state.json")) as f:
+        state = json.load(f)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "optimizer.pt", "rng_state.pt"):
+        with open(os.path.join(path, name), "rb") as f:
+            data = f.read()
+        assert state["files"][name] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    run = state["run"]
+    assert run["kind"] == "bypass" and run["patch"]["r"] == 4 and run["patch"]["init_weights"] == "kaiming"
+    assert run["training"]["batch_size"] == 2 and run["training"]["seed"] == 3 and run["data"]["items"] == 3
+    assert run["attack"] == "PatternAttack(eps=0.05)" and run["loss"] == {"pixel": 1.0, "feature": 0.0,
+                                                                          "semantic": 0.0}
