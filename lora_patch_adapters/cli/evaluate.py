@@ -40,6 +40,9 @@ def add_evaluate_command(sub: Any) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, metavar="N", default=16,
                           help="images per batch (default: 16)")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--allow-missing-fingerprint", action="store_true",
+                          help="load a patch that records no base fingerprint (saved by plain peft or an older "
+                               "version) without checking it belongs to this generator")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

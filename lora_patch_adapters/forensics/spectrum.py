@@ -178,7 +178,8 @@ def adapter_report(adapters: Mapping[str, torch.Tensor], rtol: float) -> bool | 
         r = int(b.shape[1])
         numerical = _product_rank(a, b, r, rtol)
         per_layer.append({"layer": layer, "adapter": adapter, "rank": r, "numerical_rank": numerical})
-    kinds = {"lora-patch" if any(k.startswith("lora_patch_") for k in tensors) else "lora" for tensors in groups.values()}
+    kinds = {"lora-patch" if any(k.startswith("lora_patch_") for k in tensors) else "lora"
+             for tensors in groups.values()}
     return {
         "kind": ", ".join(sorted(kinds)),
         "adapters": sorted({adapter for _, adapter in groups}),

@@ -44,6 +44,7 @@ class EvaluateSettings(Inputs):
     steps: int | None = None
     batch_size: int = 16
     no_progress: bool = False
+    allow_missing_fingerprint: bool = False  # a patch recording no base fingerprint (older saves) loads unchecked
     command: str = "evaluate"
     argv: list[str] = field(default_factory=list)
 
@@ -81,9 +82,13 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
         watermark = Watermark.from_dict(meta["watermark"]) if isinstance(meta.get("watermark"), dict) else Watermark()
     editor, base = s.editor(), s.editor()
     try:
-        load_patch(editor, s.patch)  # validated before it touches the generator; patches it in place
+        # validated before it touches the generator; patches it in place
+        load_patch(editor, s.patch, allow_missing_fingerprint=s.allow_missing_fingerprint)
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
-        raise RunInputError(f"cannot load the patch {s.patch!r} onto {s.generator}: {one_line(exc, 500)}") from exc
+        hint = (" (lora-patch evaluate: --allow-missing-fingerprint)" if "allow_missing_fingerprint" in str(exc)
+                else "")
+        raise RunInputError(f"cannot load the patch {s.patch!r} onto {s.generator}: {one_line(exc, 500)}{hint}") \
+            from exc
     images, labels = s.images_for(editor, "test", s.split, s.images, 50)
     fit_data = None
     if "cmua" in names:  # fitted on as many training images, never on the evaluation images

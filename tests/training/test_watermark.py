@@ -344,7 +344,8 @@ def test_a_mark_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_p
     monkeypatch.setattr(watermark_module, "MAX_IMAGE_PIXELS", 100)
     path = tmp_path / "mark.png"
     Image.new("RGBA", (11, 10), (255, 0, 0, 255)).save(path)
-    with pytest.raises(ValueError, match=r"mark\.png: its header declares 11x10 pixels, more than MAX_IMAGE_PIXELS=100"):
+    with pytest.raises(ValueError, match=r"mark\.png: its header declares 11x10 pixels, more than "
+                                         r"MAX_IMAGE_PIXELS=100"):
         load_warning_image(path)
     Image.new("RGBA", (10, 10), (255, 0, 0, 255)).save(path)
     assert load_warning_image(path).shape == (4, 10, 10)
