@@ -179,7 +179,8 @@ def save_checkpoint(
 def save_patch_files(model: peft.PeftModel, adapter_name: str, directory: str) -> None:
     """``save_pretrained`` of one adapter with its files directly in ``directory`` (peft puts non-default adapters
     in a sub-folder named after them; this flattens that)."""
-    model.save_pretrained(directory, selected_adapters=[adapter_name])
+    # save_embedding_layers=False: peft would otherwise ask the Hub about the repo named in base_model_name_or_path
+    model.save_pretrained(directory, selected_adapters=[adapter_name], save_embedding_layers=False)
     nested = os.path.join(directory, adapter_name)
     if adapter_name != "default" and os.path.isdir(nested):
         for name in os.listdir(nested):

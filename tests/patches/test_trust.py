@@ -384,3 +384,23 @@ def test_patch_without_fingerprint_is_refused_unless_opted_in(tmp_path):
     with pytest.warns(MissingFingerprintWarning, match="allow_missing_fingerprint=True"):
         loaded = load_patch(other, path, allow_missing_fingerprint=True)
     assert any(isinstance(m, GatedLoraLayer) for m in loaded.modules())
+
+
+def test_saving_a_model_that_names_a_hub_repo_never_touches_the_network(saved, tmp_path, monkeypatch):
+    """A user's model config may name its Hub repo; saving (save_patch, trainer checkpoints) must not ask the Hub."""
+    _, model, _ = saved
+    model.peft_config["default"].base_model_name_or_path = "someone/face-editor"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    attempts = []
+
+    def blocked(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network access blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket, "getaddrinfo", blocked)
+    monkeypatch.setattr(socket, "create_connection", blocked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_patch(model, tmp_path / "named")
+    assert attempts == [] and (tmp_path / "named" / "adapter_model.safetensors").is_file()
