@@ -327,13 +327,16 @@ def describe_data(dataset: Any, first: int = 8) -> dict[str, Any]:
 
 
 def describe_run(kind: str, model: peft.PeftModel, adapter_name: str, config: Any, attack: Any, loss: Any,
-                 data: dict[str, Any] | None) -> dict[str, Any]:
+                 data: dict[str, Any] | None, target: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run configuration a checkpoint records and a resume compares: trainer kind, patch (rank, gate, init,
-    targets...), training (schedule, batch size, seed, learning rate...), inner attack, loss weights, data."""
+    targets...), training (schedule, batch size, seed, learning rate...), inner attack, loss weights, data, and the
+    target's settings (a defensive patch's warning)."""
     patch_config = model.peft_config[adapter_name]
     record = {"kind": kind, "patch": {k: _plain(getattr(patch_config, k, None)) for k in PATCH_FIELDS},
               "training": {k: getattr(config, k) for k in TRAINING_FIELDS}, "attack": repr(attack),
               "loss": getattr(loss, "weights", type(loss).__name__), "data": data}
+    if target is not None:
+        record["target"] = target
     return json.loads(json.dumps(record, default=str))
 
 

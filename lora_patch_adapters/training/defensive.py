@@ -56,5 +56,8 @@ class WatermarkTrainer(PatchTrainer):
     def make_target(self, reference: torch.Tensor) -> torch.Tensor:
         return self.watermark.target(reference)
 
+    def target_settings(self) -> dict[str, Any]:
+        return self.watermark.to_dict()
+
     def trainer_state(self) -> dict[str, Any]:
         return {**super().trainer_state(), "watermark": self.watermark.to_dict()}

@@ -11,10 +11,8 @@ For each batch of images x [N, 3, H, W] in [-1, 1] with source labels [N, A]:
    ``loss(G_p(x), target) + loss(G_p(x_protected), target)``, ``loss`` an :class:`~lora_patch_adapters.losses.MMFALoss`.
 
 Schedules: ``"batched"`` stacks all T target conditions of a batch into one forward (N x T images) and steps once;
-``"per_condition"`` takes one optimiser step per condition (the paper's schedule). Training hygiene: one seed for
-everything (per-step attack seeds are derived from it), the global gradient norm logged every step (optionally
-clipped), non-finite losses or gradients stop the run before the optimiser applies them, checkpoints (patch +
-optimiser + RNG + loop position) that resume to exactly the same result as an uninterrupted run.
+``"per_condition"`` takes one optimiser step per condition (the paper's schedule). Hygiene: one seed for everything,
+gradient norms logged, non-finite steps stopped before they apply, exactly resumable checkpoints (``checkpoint``).
 """
 
 from __future__ import annotations
@@ -196,6 +194,10 @@ class PatchTrainer:
     def make_target(self, reference: torch.Tensor) -> torch.Tensor:
         """The output the patched generator should produce, from the base generator's clean edit [M, 3, H, W]."""
         return reference
+
+    def target_settings(self) -> dict[str, Any] | None:
+        """What :meth:`make_target` depends on besides the base generator (None: nothing); resumes compare it."""
+        return None
 
     # ---------------------------------------------------------------------------------------------------- setup
     def _attach(self, editor: Editor, patch: Any, adapter_name: str) -> peft.PeftModel:
@@ -525,7 +527,7 @@ class PatchTrainer:
         if n == 0:
             raise ValueError("The training data is empty.")
         self.run_description = ckpt.describe_run(self.kind, self.model, self.adapter_name, self.config, self.attack,
-                                                 self.loss, ckpt.describe_data(dataset))
+                                                 self.loss, ckpt.describe_data(dataset), self.target_settings())
         if resume_from is not None:
             self._restore(ckpt.resume_point(resume_from, self.output_dir,
                                             lambda path: self._read_checkpoint(path, force_resume))[1])

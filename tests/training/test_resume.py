@@ -26,7 +26,7 @@ from lora_patch_adapters.losses import MMFALoss
 from lora_patch_adapters.training import BypassTrainer
 from lora_patch_adapters.training import checkpoint as ckpt
 from lora_patch_adapters.tuner.config import LoraPatchConfig
-from tests.training.conftest import quick_config, tiny_data, tiny_editor
+from tests.training.conftest import PatternAttack, quick_config, tiny_data, tiny_editor
 
 KAIMING = LoraPatchConfig(r=4, init_weights="kaiming")
 DATA = tiny_data(6)  # batches of 2: 3 steps per epoch, 2 epochs, 6 steps
@@ -366,3 +366,18 @@ def test_killed_before_the_first_checkpoint_resume_is_a_one_line_refusal(killed)
     assert error == f"No checkpoint to resume from under {got['directory']!r}."
     assert not (Path(got["directory"]) / "patch").exists()
     assert os.listdir(Path(got["directory"]) / "checkpoints") == ["step-000001.tmp"]  # never listed as a checkpoint
+
+
+def test_a_defensive_run_resumed_with_another_warning_is_refused(tmp_path):
+    from lora_patch_adapters.training import Watermark, WatermarkTrainer
+    from lora_patch_adapters.training.checkpoint import CheckpointMismatchError
+
+    def trainer(text: str) -> WatermarkTrainer:
+        return WatermarkTrainer(tiny_editor(), watermark=Watermark(text=text), loss=MMFALoss.pixel_only(),
+                                attack=PatternAttack(), config=quick_config(max_steps=1, checkpoint_every=1),
+                                output_dir=str(tmp_path))
+
+    trainer("FAKE").train(tiny_data(2))
+    with pytest.raises(CheckpointMismatchError, match="target.text: 'FAKE' -> 'AI'"):
+        trainer("AI").train(tiny_data(2), resume_from="latest")
+    trainer("FAKE").train(tiny_data(2), resume_from="latest")  # the same warning resumes
