@@ -157,6 +157,11 @@ def _remove_file(path: str) -> None:
         pass
 
 
+REPLACEABLE = (CONFIG_NAME, WEIGHTS_NAME, SIDECAR_NAME, "README.md", "training.json", LEFTOVER_MARKER)
+"""What save_patch may replace in an existing patch directory: the files it (or peft, or an earlier version of this
+package: ``training.json``) writes there. Anything else makes it refuse instead of deleting the user's file."""
+
+
 def _check_destination(directory: str) -> None:
     if not os.path.lexists(directory):
         return
@@ -167,6 +172,13 @@ def _check_destination(directory: str) -> None:
         raise FileExistsError(
             f"{directory!r} is a non-empty directory that is not a patch (no {CONFIG_NAME}); save_patch replaces its "
             "destination as a whole, so choose a new or empty directory."
+        )
+    foreign = sorted(set(entries) - set(REPLACEABLE))
+    if foreign:
+        raise FileExistsError(
+            f"{directory!r} is a patch directory that also holds {', '.join(foreign[:5])}"
+            + (f" (and {len(foreign) - 5} more)" if len(foreign) > 5 else "") + ", which save_patch did not write; "
+            "replacing the patch would delete them: move them out, or save to another directory."
         )
 
 

@@ -404,3 +404,16 @@ def test_saving_a_model_that_names_a_hub_repo_never_touches_the_network(saved, t
         warnings.simplefilter("error")
         save_patch(model, tmp_path / "named")
     assert attempts == [] and (tmp_path / "named" / "adapter_model.safetensors").is_file()
+
+
+def test_replacing_a_patch_never_deletes_the_users_own_files(saved, tmp_path):
+    pristine, model, path = saved
+    notes = os.path.join(path, "notes.txt")
+    with open(notes, "w") as f:
+        f.write("mine")
+    before = {name: open(os.path.join(path, name), "rb").read() for name in os.listdir(path)}
+    with pytest.raises(FileExistsError, match=r"also holds notes\.txt, which save_patch did not write.*move them out"):
+        save_patch(_patched(copy.deepcopy(pristine)), path)
+    assert {name: open(os.path.join(path, name), "rb").read() for name in os.listdir(path)} == before
+    os.remove(notes)
+    assert save_patch(_patched(copy.deepcopy(pristine)), path) == os.path.abspath(path)
