@@ -16,7 +16,7 @@ ROOT = PACKAGE.name
 # Floors, lowest first (a module may import its own floor's package and lower floors only). "data" sits above
 # "generators" on their shared floor: the CelebA reader takes attribute names from the editors.
 FLOORS = {
-    "_checks": 0, "version": 0,
+    "_checks": 0, "_io": 0, "version": 0,
     "tuner": 1,
     "generators": 2, "data": 2.5,
     "defenses": 3, "losses": 3,

@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 
+from .._io import fsync_path
 from .format import CONFIG_NAME, PATCH_FILES
 from .hub_common import SHA_RE, PatchIntegrityError
 from .verify import _hash_file, _read_record
@@ -65,7 +66,7 @@ def copy_pulled_patch(snapshot: str | os.PathLike, out: str | os.PathLike, repo_
         with open(os.path.join(tmp, PULL_MARKER), "w", encoding="utf-8") as f:
             json.dump(marker, f, indent=1, sort_keys=True)
         for name in [*written, PULL_MARKER]:
-            _fsync(os.path.join(tmp, name))
+            fsync_path(os.path.join(tmp, name))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -157,9 +158,3 @@ def _link_or_copy(src: str, dst: str) -> None:
         link(src, dst)
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

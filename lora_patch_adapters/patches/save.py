@@ -29,6 +29,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .._io import fsync_path
 from ..training import PatchTrainer
 from ..training.checkpoint import save_patch_files
 from ..tuner.config import LoraPatchConfig
@@ -62,16 +63,6 @@ def _patched_layer_names(module: nn.Module, adapter_name: str) -> list[str]:
         for name, wrapper in wrappers.items()
         if isinstance(wrapper, GatedLoraLayer) and adapter_name in wrapper.lora_patch_A
     )
-
-
-def _fsync(path: str) -> None:
-    if os.name == "nt" and os.path.isdir(path):  # directories cannot be opened on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def leftover_marker_content(kind: str, name: str) -> bytes:
@@ -275,8 +266,8 @@ def save_patch(
         os.replace(partial, weights_path)
         write_json(os.path.join(tmp, SIDECAR_NAME), info)
         for name in os.listdir(tmp):
-            _fsync(os.path.join(tmp, name))
-        _fsync(tmp)
+            fsync_path(os.path.join(tmp, name))
+        fsync_path(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -301,15 +292,15 @@ def save_patch(
             _remove_file(own_marker)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync(parent)
+        fsync_path(parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, directory)
-        _fsync(parent)
+        fsync_path(parent)
     # The marker stays until the folder is the patch, so a crash before never leaves an unmarked .tmp-* folder; a
     # crash right here leaves it in the patch, naming the .tmp-* folder it no longer is: inert.
     _remove_file(os.path.join(directory, LEFTOVER_MARKER))
-    _fsync(directory)
+    fsync_path(directory)
     _remove_siblings(directory, "old")
     return directory
 

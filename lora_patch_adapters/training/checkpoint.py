@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import load_file
 
 from .._checks import one_line
+from .._io import fsync_path
 from .seeding import rng_state
 
 CHECKPOINTS = "checkpoints"
@@ -97,14 +98,6 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------- writing
-def _fsync(path: str) -> None:
-    if os.name == "nt" and os.path.isdir(path):  # directories cannot be opened on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -165,12 +158,12 @@ def save_checkpoint(
     record["checksum"] = _state_checksum(record)
     _write_bytes(os.path.join(tmp, STATE_FILE), json.dumps(record, indent=1, sort_keys=True).encode())
     for name in files:
-        _fsync(os.path.join(tmp, name))
-    _fsync(tmp)
+        fsync_path(os.path.join(tmp, name))
+    fsync_path(tmp)
     if os.path.lexists(final):  # this step written before, by a run this one resumed from an earlier point
         _remove(final)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     for old in [p for p in list_checkpoints(output_dir) if _step_of(p) <= step][:-keep]:
         _remove(old)
     return final
