@@ -87,7 +87,9 @@ class LoraPatchConfig(PeftConfig):
         default="zero",
         metadata={
             "help": "'zero': A Kaiming-uniform, B = 0, so the patched model equals the base model before training. "
-            "'kaiming': A and B both Kaiming-uniform (the paper's choice; the patch is active from the start)."
+            "'kaiming': A and B both Kaiming-uniform (the paper's choice; the patch is active from the start). "
+            "PEFT's boolean spelling is accepted and stored as the name: True (an identity start) is 'zero', False "
+            "(a random start) is 'kaiming'."
         },
     )
     target_modules: list[str] | str | None = field(
@@ -146,6 +148,8 @@ class LoraPatchConfig(PeftConfig):
             raise ValueError(f"LoraPatchConfig.lora_alpha must be > 0, got {self.lora_alpha!r}.")
         _check_choice("scaling", self.scaling, SCALING_RULES)
         _check_choice("gate", self.gate, GATE_TYPES)
+        if isinstance(self.init_weights, bool):  # PEFT's init_lora_weights=True / False convention
+            self.init_weights = "zero" if self.init_weights else "kaiming"
         _check_choice("init_weights", self.init_weights, INIT_SCHEMES)
         _check_choice("forward_mode", self.forward_mode, FORWARD_MODES)
         self.target_modules = _normalise_names("target_modules", self.target_modules)

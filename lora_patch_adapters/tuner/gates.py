@@ -89,6 +89,10 @@ class InputAdaptiveGate(Gate):
     W) or per row (Linear: mean over features): a learnable 1->1 affine, ``weight`` starting at 0 and ``bias`` at
     ``gate_init``, both of shape ``(1,)``. Parameters sit directly on the gate so that saved keys read
     ``lora_patch_gate.weight`` / ``.bias``.
+
+    The statistic is the mean of the update, as in the paper's official code (``input_ada``); an update whose
+    entries cancel out on average gives ``weight`` no gradient (e.g. a 2-output Linear whose two rows move in
+    opposite directions), and the gate then stays at ``sigmoid(bias)``.
     """
 
     def __init__(self, gate_init: float, reduce_dims: tuple[int, ...]) -> None:

@@ -87,3 +87,13 @@ def test_unknown_preset_or_field():
         LoraPatchConfig.from_preset("nope")
     with pytest.raises(TypeError, match=r"no field\(s\) \['rank'\]"):
         LoraPatchConfig.from_preset("paper", rank=4)
+
+
+def test_peft_boolean_init_spelling_maps_to_the_named_schemes():
+    """PEFT's helpers (and users coming from LoRA) write init_lora_weights=True for an identity start and False for a
+    random one; the config stores the scheme's name, so saved configs stay explicit."""
+    assert LoraPatchConfig(init_weights=True).init_weights == "zero"
+    assert LoraPatchConfig(init_weights=False).init_weights == "kaiming"
+    assert LoraPatchConfig(init_weights=False).to_dict()["init_weights"] == "kaiming"
+    with pytest.raises(ValueError, match="init_weights"):
+        LoraPatchConfig(init_weights="gaussian")
