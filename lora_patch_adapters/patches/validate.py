@@ -19,7 +19,15 @@ from torch import nn
 from .._checks import one_line
 from ..generators.base import Editor
 from ..tuner.config import LoraPatchConfig
-from ..tuner.fingerprint import FINGERPRINT_CHECKED, canonical_layers, hash_layers, inner_module, resolve_targets
+from ..tuner.fingerprint import (
+    FINGERPRINT_CHECKED,
+    RANK_RULE,
+    canonical_layers,
+    hash_layers,
+    inner_module,
+    rank_bound,
+    resolve_targets,
+)
 from ..tuner.layer import ConvTranspose2d, wrapper_for
 from . import hub
 from .errors import (
@@ -168,25 +176,6 @@ def _check_targets(module: nn.Module, config: LoraPatchConfig, file: str) -> lis
     return names
 
 
-RANK_RULE = (
-    "fan_in/fan_out: Linear in_features/out_features; Conv2d and ConvTranspose2d in_channels*kh*kw/out_channels"
-)
-
-
-def layer_fans(layer: nn.Module) -> tuple[int, int]:
-    """``(fan_in, fan_out)`` of a patchable layer: the sides of the matrix its low-rank update ``B @ A`` lives in.
-
-    Linear: ``(in_features, out_features)``. Conv2d: ``(in_channels * kh * kw, out_channels)`` (``A`` is
-    ``[r, in, kh, kw]``, ``B`` is ``[out, r]``). ConvTranspose2d: likewise ``(in_channels * kh * kw, out_channels)``
-    (``A`` is ``[in, r, kh, kw]``, ``delta W[i, o, k, l] = sum_r A[i, r, k, l] B[o, r]``). The update has rank at most
-    ``min(fan_in, fan_out)``.
-    """
-    if isinstance(layer, nn.Linear):
-        return int(layer.in_features), int(layer.out_features)
-    kh, kw = layer.kernel_size
-    return int(layer.in_channels) * int(kh) * int(kw), int(layer.out_channels)
-
-
 def _check_rank(module: nn.Module, names: list[str], config: LoraPatchConfig, file: str) -> None:
     """Refuse a rank no targeted layer can use, before any (meta or real) adapter is built: the adapter's memory
     grows with ``r``, and no update ``B @ A`` of a layer has rank above ``min(fan_in, fan_out)``.
@@ -195,12 +184,7 @@ def _check_rank(module: nn.Module, names: list[str], config: LoraPatchConfig, fi
     (r 8 on every convolution of StarGAN) legitimately exceeds the 3 output channels of the last convolution, where
     the extra rank is merely unused; above the largest, every layer's extra rank is unused and only memory grows.
     """
-    layers, _ = canonical_layers(module)
-    bound, widest = 0, names[0]
-    for name in names:
-        fan_in, fan_out = layer_fans(layers[name])
-        if min(fan_in, fan_out) > bound:
-            bound, widest = min(fan_in, fan_out), name
+    bound, widest = rank_bound(module, names)
     if config.r > bound:
         raise PatchConfigError(
             f"{file}: r={config.r} is larger than any targeted layer can use: the rank of a layer's update is at most "

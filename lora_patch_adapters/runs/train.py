@@ -29,6 +29,7 @@ from ..patches import save_patch
 from ..patches.format import SIDECAR_NAME
 from ..training import BypassTrainer, NonFiniteLossError, TrainingConfig, Watermark, WatermarkTrainer
 from ..tuner.config import LoraPatchConfig
+from ..tuner.fingerprint import RANK_RULE, discover_target_modules, rank_bound, resolve_targets
 from ..version import __version__
 from . import reporting
 from .errors import RunInputError
@@ -114,6 +115,7 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)
     editor, base = s.editor(), s.editor()
+    _check_rank(editor, patch_config, s)
     if s.data is None:
         from ..data import testbed_faces
 
@@ -285,6 +287,20 @@ def _check_replacement(trainer: Any, patch_dir: str, resume: str | None) -> None
         raise RunInputError(f"not replacing {patch_dir} (trained for {steps} steps) with the patch of this resumed "
                             f"run ({trainer.step} steps){kept}; resume from a later checkpoint, raise --max-steps / "
                             "--epochs, or choose another --out")
+
+
+def _check_rank(editor: Editor, patch_config: LoraPatchConfig, s: TrainSettings) -> None:
+    """Refuse, before the patch is allocated (its memory grows with the rank), a rank no layer of the generator can
+    use: a layer's update has rank at most min(fan_in, fan_out)."""
+    targets = discover_target_modules(editor.generator, patch_config.include_linear)
+    names = targets if isinstance(targets, list) else resolve_targets(editor.generator, patch_config)
+    if not names:
+        return
+    bound, widest = rank_bound(editor.generator, names)
+    if patch_config.r > bound:
+        raise RunInputError(f"--rank {patch_config.r} is larger than any layer of {s.generator} can use: a layer's "
+                            f"update has rank at most min(fan_in, fan_out) ({RANK_RULE}), at most {bound} here "
+                            f"(layer {widest!r}); pass --rank {bound} or less", usage=True)
 
 
 def _arguments(settings: Any) -> dict[str, Any]:

@@ -94,6 +94,37 @@ def discover_target_modules(model: nn.Module, include_linear: bool = False) -> l
     return names
 
 
+RANK_RULE = (
+    "fan_in/fan_out: Linear in_features/out_features; Conv2d and ConvTranspose2d in_channels*kh*kw/out_channels"
+)
+
+
+def layer_fans(layer: nn.Module) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a patchable layer: the sides of the matrix its low-rank update ``B @ A`` lives in.
+
+    Linear: ``(in_features, out_features)``. Conv2d: ``(in_channels * kh * kw, out_channels)`` (``A`` is
+    ``[r, in, kh, kw]``, ``B`` is ``[out, r]``). ConvTranspose2d: likewise ``(in_channels * kh * kw, out_channels)``
+    (``A`` is ``[in, r, kh, kw]``, ``delta W[i, o, k, l] = sum_r A[i, r, k, l] B[o, r]``). The update has rank at most
+    ``min(fan_in, fan_out)``.
+    """
+    if isinstance(layer, nn.Linear):
+        return int(layer.in_features), int(layer.out_features)
+    kh, kw = layer.kernel_size
+    return int(layer.in_channels) * int(kh) * int(kw), int(layer.out_channels)
+
+
+def rank_bound(module: nn.Module, names: list[str]) -> tuple[int, str]:
+    """``(bound, layer)``: the largest ``min(fan_in, fan_out)`` over the layers ``names`` of ``module`` and the layer
+    that has it; a rank above it is of no use to any of them (only memory grows with it)."""
+    layers, _ = canonical_layers(module)
+    bound, widest = 0, names[0]
+    for name in names:
+        fan_in, fan_out = layer_fans(layers[name])
+        if min(fan_in, fan_out) > bound:
+            bound, widest = min(fan_in, fan_out), name
+    return bound, widest
+
+
 def inner_module(model: Any) -> nn.Module:
     """The generator module behind an Editor (anything whose ``generator`` is an ``nn.Module``: editors live a floor
     above the tuner), a PeftModel, a tuner or a plain module."""

@@ -495,3 +495,9 @@ def test_evaluate_refuses_a_patch_without_fingerprint_unless_asked(bypass_run, t
     assert "--allow-missing-fingerprint" in err and sorted(p.name for p in patch.iterdir()) == before
     assert main(["evaluate", str(patch), "--images", "1", "--steps", "1", "--no-progress", "--out",
                  str(tmp_path / "e"), "--allow-missing-fingerprint"]) == 0
+
+
+def test_a_rank_no_layer_can_use_is_refused_before_anything_is_built(capsys, tmp_path):
+    err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "o"), *TINY, "--rank", "100000000"], 2)
+    assert "--rank 100000000 is larger than any layer of testbed can use" in err and "pass --rank" in err
+    assert not (tmp_path / "o").exists()
