@@ -27,7 +27,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 
 from .._checks import one_line
-from ..tuner.config import LoraPatchConfig
+from ..tuner.config import CONFIG_FILE, WEIGHTS_FILE, LoraPatchConfig
 from ..tuner.fingerprint import FINGERPRINT_RE
 from ..tuner.registry import PEFT_TYPE_NAME
 from ..version import __version__
@@ -35,8 +35,8 @@ from .errors import PatchConfigError, PatchFileError, PatchLoadError
 
 FORMAT_VERSION = 1
 """Version of the patch directory layout written by :func:`~lora_patch_adapters.patches.save.save_patch`."""
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = CONFIG_FILE
+WEIGHTS_NAME = WEIGHTS_FILE
 SIDECAR_NAME = "lora_patch.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 PICKLE_WEIGHTS = tuple("adapter_model" + suffix for suffix in PICKLE_SUFFIXES)

@@ -32,9 +32,10 @@ from torch import nn
 from .._io import fsync_path
 from ..training import PatchTrainer
 from ..training.checkpoint import save_patch_files
-from ..tuner.config import LoraPatchConfig
+from ..tuner.config import LoraPatchConfig, weights_digest
 from ..tuner.fingerprint import canonical_layers, hash_layers, inner_module
 from ..tuner.layer import GatedLoraLayer
+from ..tuner.model import NonFiniteAdapterError
 from ..version import __version__
 from .errors import PatchSaveError
 from .format import (
@@ -104,16 +105,26 @@ def _remove_siblings(directory: str, kind: str) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _check_tensors_finite(state: dict[str, torch.Tensor], adapter_name: str) -> None:
+def _non_finite_error(adapter_name: str, key: str, bad: int, total: int) -> PatchSaveError:
+    return PatchSaveError(
+        f"save_patch: adapter {adapter_name!r} tensor {quoted_name(key)} holds {bad} NaN or infinite "
+        f"value(s) of {total}; nothing was written. The patch is broken (e.g. training diverged): "
+        "save an earlier checkpoint, or retrain with a lower learning rate or grad_clip."
+    )
+
+
+def _finite_adapter_state(model: peft.PeftModel, adapter_name: str) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, refused (PatchSaveError) when one holds NaN/Inf. peft versions that call the tuner's
+    ``_get_adapter_state_dict`` refuse inside ``adapter_state``; older ones are checked here."""
+    try:
+        state = adapter_state(model, adapter_name)
+    except NonFiniteAdapterError as exc:
+        raise _non_finite_error(adapter_name, exc.key, exc.bad, exc.total) from exc
     for key, value in sorted(state.items()):
         finite = torch.isfinite(value.detach())
         if not finite.all():
-            bad = int(finite.numel() - finite.sum())
-            raise PatchSaveError(
-                f"save_patch: adapter {adapter_name!r} tensor {quoted_name(key)} holds {bad} NaN or infinite "
-                f"value(s) of {finite.numel()}; nothing was written. The patch is broken (e.g. training diverged): "
-                "save an earlier checkpoint, or retrain with a lower learning rate or grad_clip."
-            )
+            raise _non_finite_error(adapter_name, key, int(finite.numel() - finite.sum()), finite.numel())
+    return state
 
 
 def _check_sizes(state: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
@@ -233,8 +244,7 @@ def save_patch(
     }
     if training is not None:
         info["training"] = training
-    state = adapter_state(model, adapter_name)
-    _check_tensors_finite(state, adapter_name)
+    state = _finite_adapter_state(model, adapter_name)
     _check_sizes(state, info)
 
     directory = os.path.abspath(os.fspath(directory))
@@ -249,10 +259,6 @@ def save_patch(
         config_path, weights_path = os.path.join(tmp, CONFIG_NAME), os.path.join(tmp, WEIGHTS_NAME)
         if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
             raise RuntimeError(f"peft's save_pretrained did not write {CONFIG_NAME} and {WEIGHTS_NAME} in {tmp!r}.")
-        with open(config_path, encoding="utf-8") as f:
-            saved_config = json.load(f)
-        saved_config["base_fingerprint"] = fingerprint
-        write_json(config_path, saved_config)
 
         with safetensors.safe_open(weights_path, framework="pt") as f:
             file_metadata = dict(f.metadata() or {})
@@ -264,6 +270,11 @@ def save_patch(
         partial = weights_path + ".partial"
         safetensors.torch.save_file(tensors, partial, metadata=file_metadata)
         os.replace(partial, weights_path)
+        with open(config_path, encoding="utf-8") as f:
+            saved_config = json.load(f)
+        saved_config["base_fingerprint"] = fingerprint
+        saved_config["weights_sha256"] = weights_digest(weights_path)  # of the file as rewritten above
+        write_json(config_path, saved_config)
         write_json(os.path.join(tmp, SIDECAR_NAME), info)
         for name in os.listdir(tmp):
             fsync_path(os.path.join(tmp, name))

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._checks import one_line
 from ..generators.base import Editor
-from ..tuner.config import LoraPatchConfig
+from ..tuner.config import LoraPatchConfig, weights_digest
 from ..tuner.fingerprint import (
     FINGERPRINT_CHECKED,
     RANK_RULE,
@@ -258,6 +258,21 @@ class CheckedPatch:
     info: dict[str, Any]
 
 
+def _check_weights_digest(config: LoraPatchConfig, config_file: str, weights_file: str) -> None:
+    """The weights file must be the one the config was saved beside (``weights_sha256``; None in files written
+    before it was recorded): peft's ``save_pretrained`` writes the weights, then the config, in place."""
+    if config.weights_sha256 is None or os.path.basename(weights_file) != WEIGHTS_NAME:
+        return
+    found = weights_digest(weights_file)
+    if found != config.weights_sha256:
+        raise PatchFileError(
+            f"{weights_file}: is not the weights file {config_file} was saved with (its weights_sha256 "
+            f"{config.weights_sha256[:12]}..., this file {str(found)[:12]}...): a save interrupted between the two "
+            "files, or files of two saves mixed. Re-save the patch, or re-download it (if you rewrote the weights file on "
+            "purpose, set weights_sha256 to null in the config)."
+        )
+
+
 def validate(
     target: LoadTarget,
     path: str,
@@ -288,6 +303,7 @@ def validate(
         tensors = check_tensors(reader, expected, config)
     finally:
         reader.close()
+    _check_weights_digest(config, config_file, reader.file)
     return CheckedPatch(
         path=path,
         config=config,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,8 +62,9 @@ def patch_provenance(path: str) -> dict[str, Any]:
 
 
 def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print) -> RunSummary:
-    """Evaluate ``settings.patch``; writes nothing itself (see :func:`~lora_patch_adapters.runs.reporting.write_run`)
-    but the grid."""
+    """Evaluate ``settings.patch``. Writes nothing into ``settings.out``: the grid is staged in a temporary folder
+    (``summary.staged``) that :func:`~lora_patch_adapters.runs.reporting.write_run` moves in with the rest, so a
+    failed evaluation leaves ``--out`` as it was."""
     s = settings
     start = time.perf_counter()
     meta = patch_provenance(s.patch)
@@ -94,48 +97,54 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
     if "cmua" in names:  # fitted on as many training images, never on the evaluation images
         n = int(images.shape[0])
         fit_data = s.images_for(editor, "train", other_split(s.split), n, n)
-    os.makedirs(s.out, exist_ok=True)
-    loaded = time.perf_counter()
-    grid_path = os.path.join(s.out, reporting.GRID)
-    data_desc = s.describe(int(images.shape[0]), "test", s.split)
-    echo(f"evaluating {s.patch} on {s.generator}: {data_desc}; defenses {', '.join(names)}; "
-         f"scenarios {', '.join(scenarios)}")
-    results = []
-    for defense, name in zip(defenses, names):
-        for scenario in scenarios:
-            results.append(evaluate_defense(
-                defense, base, images, labels, patched=editor, scenario=scenario, batch_size=s.batch_size,
-                fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path,
-                progress=not s.no_progress))
-    echo(compare(results))
-    header, rows = evaluation_rows(results)
-    summary = RunSummary(command=s.command, seed=s.seed, device=s.device, data=data_desc, argv=list(s.argv),
-                         arguments={k: v for k, v in vars(s).items() if k not in ("command", "argv")})
-    summary.results = {
-        "patch": os.path.abspath(s.patch), "patch_training": meta, "generator": s.generator,
-        "images": int(images.shape[0]), "results": [r.to_dict() for r in results],
-        "rates": [{"defense": r.defense, "scenario": r.scenario, "success_rate_base": r.success_rate_base,
-                   "success_rate_patched": r.success_rate_patched, "clean_psnr_db": r.metrics["patched_clean"]["psnr"]}
-                  for r in results]}
-    body = [reporting.markdown_table(header, rows)]
-    if watermark is not None:
-        pgd = builtin_defense("pgd", eps=s.eps, steps=s.steps, seed=s.seed)
-        visibility = evaluate_watermark(editor, base, watermark, images, labels, defense=pgd,
-                                        batch_size=s.batch_size, progress=not s.no_progress)
-        summary.results.update({"watermark_visible_rate": visibility["visible_rate"], "watermark": visibility})
-        v_header, v_rows = visibility_rows(visibility)
-        echo(reporting.text_table(v_header, v_rows))
-        body += ["", ("Watermark patch: is the warning visible (protected inputs: PGD against the base or the "
-                      "patched generator)?"), "", reporting.markdown_table(v_header, v_rows)]
-    done = time.perf_counter()
-    summary.timings = {"loading_seconds": loaded - start, "evaluation_seconds": done - loaded,
-                       "total_seconds": done - start}
-    summary.report = "\n".join([
-        f"# lora-patch evaluate: {s.patch} on {s.generator}", "",
-        (f"{data_desc}. Default scenario: the perturbation is computed on the base generator; leakage: on the "
-         f"patched generator. Success = MSE to the clean edit > {results[0].threshold:g}."), "",
-        *body, "",
-        f"![input / protected / base clean / base protected / patched clean / patched protected]({reporting.GRID})",
-        "", f"command: `{shlex.join(['lora-patch', *s.argv])}`", "", versions_line(s),
-    ])
+    staging = tempfile.mkdtemp(prefix="lora-patch-evaluate-")  # moved into --out by write_run on success
+    try:
+        loaded = time.perf_counter()
+        grid_path = os.path.join(staging, reporting.GRID)
+        data_desc = s.describe(int(images.shape[0]), "test", s.split)
+        echo(f"evaluating {s.patch} on {s.generator}: {data_desc}; defenses {', '.join(names)}; "
+             f"scenarios {', '.join(scenarios)}")
+        results = []
+        for defense, name in zip(defenses, names):
+            for scenario in scenarios:
+                results.append(evaluate_defense(
+                    defense, base, images, labels, patched=editor, scenario=scenario, batch_size=s.batch_size,
+                    fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path,
+                    progress=not s.no_progress))
+        echo(compare(results))
+        header, rows = evaluation_rows(results)
+        summary = RunSummary(command=s.command, seed=s.seed, device=s.device, data=data_desc, argv=list(s.argv),
+                             arguments={k: v for k, v in vars(s).items() if k not in ("command", "argv")})
+        summary.results = {
+            "patch": os.path.abspath(s.patch), "patch_training": meta, "generator": s.generator,
+            "images": int(images.shape[0]), "results": [r.to_dict() for r in results],
+            "rates": [{"defense": r.defense, "scenario": r.scenario, "success_rate_base": r.success_rate_base,
+                       "success_rate_patched": r.success_rate_patched,
+                       "clean_psnr_db": r.metrics["patched_clean"]["psnr"]} for r in results]}
+        body = [reporting.markdown_table(header, rows)]
+        if watermark is not None:
+            pgd = builtin_defense("pgd", eps=s.eps, steps=s.steps, seed=s.seed)
+            visibility = evaluate_watermark(editor, base, watermark, images, labels, defense=pgd,
+                                            batch_size=s.batch_size, progress=not s.no_progress)
+            summary.results.update({"watermark_visible_rate": visibility["visible_rate"], "watermark": visibility})
+            v_header, v_rows = visibility_rows(visibility)
+            echo(reporting.text_table(v_header, v_rows))
+            body += ["", ("Watermark patch: is the warning visible (protected inputs: PGD against the base or the "
+                          "patched generator)?"), "", reporting.markdown_table(v_header, v_rows)]
+        done = time.perf_counter()
+        summary.timings = {"loading_seconds": loaded - start, "evaluation_seconds": done - loaded,
+                           "total_seconds": done - start}
+        if os.path.isfile(grid_path):
+            summary.staged[reporting.GRID] = grid_path
+        summary.report = "\n".join([
+            f"# lora-patch evaluate: {s.patch} on {s.generator}", "",
+            (f"{data_desc}. Default scenario: the perturbation is computed on the base generator; leakage: on the "
+             f"patched generator. Success = MSE to the clean edit > {results[0].threshold:g}."), "",
+            *body, "",
+            f"![input / protected / base clean / base protected / patched clean / patched protected]({reporting.GRID})",
+            "", f"command: `{shlex.join(['lora-patch', *s.argv])}`", "", versions_line(s),
+        ])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return summary

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,16 +54,46 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
                      for r in cells)
 
 
+def _write_atomically(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _move_in(source: str, path: str) -> None:
+    """Move ``source`` to ``path`` atomically, also across file systems (copied beside ``path``, then renamed)."""
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".partial", dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    os.remove(source)
+    with contextlib.suppress(OSError):  # the staging folder, once empty
+        os.rmdir(os.path.dirname(source))
+
+
 def write_run(out_dir: str, summary: RunSummary) -> dict[str, str]:
-    """Write ``summary.json`` (``summary.to_dict()``) and ``report.md`` (``summary.report``) into ``out_dir``; returns
-    their paths, the grid's if there is one, then ``summary.outputs``."""
+    """Write ``summary.json`` (``summary.to_dict()``) and ``report.md`` (``summary.report``) into ``out_dir``, and
+    move ``summary.staged`` files in; each file is swapped in whole. Returns their paths, the grid's if there is one,
+    then ``summary.outputs``."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"summary": os.path.join(out_dir, SUMMARY), "report": os.path.join(out_dir, REPORT)}
-    with open(paths["summary"], "w") as f:
-        json.dump(summary.to_dict(), f, indent=2, sort_keys=True, default=_jsonable)
-        f.write("\n")
-    with open(paths["report"], "w") as f:
-        f.write(summary.report.rstrip() + "\n")
+    record = json.dumps(summary.to_dict(), indent=2, sort_keys=True, default=_jsonable) + "\n"
+    for name, source in summary.staged.items():
+        _move_in(source, os.path.join(out_dir, name))
+    summary.staged = {}
+    _write_atomically(paths["summary"], record)
+    _write_atomically(paths["report"], summary.report.rstrip() + "\n")
     grid = os.path.join(out_dir, GRID)
     if os.path.isfile(grid):
         paths["grid"] = grid

@@ -19,7 +19,9 @@ class RunSummary:
     was asked for; ``seed``, ``device``, ``data`` (what it ran on, in words); ``results``: the command's own record
     (kind, training, evaluation, rates, watermark visibility, ...), flattened into ``summary.json``; ``timings``:
     seconds per phase; ``report``: the Markdown report; ``outputs``: name -> path of what the run wrote besides
-    ``summary.json`` and ``report.md`` (the patch, grids).
+    ``summary.json`` and ``report.md`` (the patch, grids); ``staged``: file name in the output folder -> a file the
+    run wrote elsewhere (a temporary folder), moved in by ``write_run`` with the rest, so a run that fails leaves
+    its output folder as it was.
     """
 
     command: str
@@ -32,6 +34,7 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)
     report: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
+    staged: dict[str, str] = field(default_factory=dict)
     version: str = __version__
     torch_version: str = torch.__version__
     threads: int = field(default_factory=torch.get_num_threads)

@@ -149,7 +149,11 @@ def save_checkpoint(
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     tmp = final + ".tmp"
     os.makedirs(tmp)
-    save_patch_files(model, adapter_name, tmp)
+    try:  # a refusal (e.g. NaN adapter weights, see LoraPatchModel._get_adapter_state_dict) leaves nothing behind
+        save_patch_files(model, adapter_name, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
     torch.save(rng_state(), os.path.join(tmp, RNG_FILE))
     files = {name: {"bytes": os.path.getsize(os.path.join(tmp, name)), "sha256": _sha256(os.path.join(tmp, name))}

@@ -2,7 +2,7 @@
 
 from .config import GATE_TYPES, MERGEABLE_GATES, PRESETS, LoraPatchConfig
 from .layer import Conv2d, ConvTranspose2d, GatedLoraLayer, Linear
-from .model import LoraPatchModel, discover_target_modules
+from .model import LoraPatchModel, NonFiniteAdapterError, discover_target_modules
 from .registry import PEFT_METHOD_NAME, PEFT_TYPE_NAME, PREFIX, ensure_peft_type, is_registered, register
 
 register(LoraPatchConfig, LoraPatchModel)
@@ -20,6 +20,7 @@ __all__ = [
     "Linear",
     "LoraPatchConfig",
     "LoraPatchModel",
+    "NonFiniteAdapterError",
     "discover_target_modules",
     "ensure_peft_type",
     "is_registered",

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from peft.config import PeftConfig
 
+from .._io import fsync_path
 from .registry import ensure_peft_type
 
 GATE_TYPES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
@@ -24,6 +30,22 @@ def unmergeable_gate_error(adapter_name: str, gate: str) -> ValueError:
         "into the base weights. Keep it unmerged, or train a patch with gate='basic' or gate='none' if you need "
         "merged inference."
     )
+
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+"""peft's file names for an adapter's config and (safetensors) weights."""
+
+
+def weights_digest(path: str) -> str | None:
+    """sha256 (hex) of the file at ``path``, or None when there is no such regular file."""
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 SCALING_RULES = ("sqrt_rank", "rank")
@@ -138,6 +160,16 @@ class LoraPatchConfig(PeftConfig):
         },
     )
 
+    weights_sha256: str | None = field(
+        default=None,
+        metadata={
+            "help": "sha256 (hex) of the adapter_model.safetensors this config was saved beside; filled in when the "
+            "config is saved (peft's save_pretrained writes the weights first, then the config). "
+            "lora_patch_adapters.load_patch refuses a directory whose weights file does not match it: a save "
+            "interrupted between the two files, or files of two saves mixed. None: not recorded (older files)."
+        },
+    )
+
     def __post_init__(self) -> None:
         ensure_peft_type()
         super().__post_init__()
@@ -161,6 +193,40 @@ class LoraPatchConfig(PeftConfig):
                 "LoraPatchConfig.base_fingerprint must be None or a 'sha256:<hex>' string, "
                 f"got {self.base_fingerprint!r}."
             )
+
+        if self.weights_sha256 is not None and not (
+            isinstance(self.weights_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", self.weights_sha256)
+        ):
+            raise ValueError(
+                "LoraPatchConfig.weights_sha256 must be None or 64 lowercase hex digits (a sha256 digest), "
+                f"got {self.weights_sha256!r}; set it to null in adapter_config.json to skip the check."
+            )
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write ``adapter_config.json`` into ``save_directory`` atomically (a temporary file swapped in), recording
+        ``weights_sha256`` of the ``adapter_model.safetensors`` already there (peft writes the weights first), so a
+        reader can tell this config's weights from another save's. The config object itself is not changed."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"{save_directory!r} is a file; save_pretrained needs a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        auto_mapping = kwargs.pop("auto_mapping_dict", None)
+        data = self.to_dict()
+        data = {key: sorted(value) if isinstance(value, set) else value for key, value in data.items()}
+        data["weights_sha256"] = weights_digest(os.path.join(save_directory, WEIGHTS_FILE))
+        if auto_mapping is not None:
+            data["auto_mapping"] = auto_mapping
+        text = json.dumps(data, indent=2, sort_keys=True)
+        # by hand: peft writes the file in place, so a crash mid-write would leave a truncated config
+        fd, tmp = tempfile.mkstemp(prefix=CONFIG_FILE + ".", suffix=".partial", dir=save_directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            fsync_path(tmp)
+            os.replace(tmp, os.path.join(save_directory, CONFIG_FILE))
+        except BaseException:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
 
     @property
     def scale(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
@@ -41,6 +42,16 @@ def _stamp_fingerprint(model: nn.Module, config: LoraPatchConfig, targets: list[
         return base_fingerprint(model, names)
     except (_NotFingerprintable, ValueError):
         return None
+
+
+class NonFiniteAdapterError(ValueError):
+    """An adapter tensor holds NaN or infinite values, so peft's save path (``PeftModel.save_pretrained``,
+    ``get_peft_model_state_dict``) refuses to hand it out for writing. ``key``: the tensor's state-dict name;
+    ``bad`` / ``total``: how many of its values are not finite, of how many."""
+
+    def __init__(self, message: str, key: str, bad: int, total: int) -> None:
+        super().__init__(message)
+        self.key, self.bad, self.total = key, bad, total
 
 
 class LoraPatchModel(BaseTuner):
@@ -153,6 +164,43 @@ class LoraPatchModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    # ------------------------------------------------------------------------------------------------------ saving
+    @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: Any,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """peft's hook for the adapter entries it is about to save (``PeftModel.save_pretrained`` calls it through
+        ``get_peft_model_state_dict`` before writing any weight or config file): refuse NaN/Inf adapter tensors
+        there, so a diverged patch is never written (:class:`NonFiniteAdapterError` names the tensor)."""
+        selected = super()._get_adapter_state_dict(
+            model=model,
+            config=config,
+            adapter_name=adapter_name,
+            state_dict=state_dict,
+            unwanted_adapter_names=unwanted_adapter_names,
+        )
+        for key, value in sorted(selected.items()):
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.device.type == "meta":
+                continue
+            finite = torch.isfinite(value.detach())
+            if not bool(finite.all()):
+                bad, total = int(finite.numel() - finite.sum()), finite.numel()
+                key = cls._remove_adapter_name_from_key(key, adapter_name)  # the name it has in the file
+                raise NonFiniteAdapterError(
+                    f"Adapter {adapter_name!r} tensor {key!r} holds {bad} NaN or infinite value(s) of {total}; "
+                    "refusing to save it; no weights or config file was written. The patch is broken (e.g. training diverged): save "
+                    "an earlier checkpoint, or retrain with a lower learning rate or grad_clip.",
+                    key,
+                    bad,
+                    total,
+                )
+        return selected
 
     # ------------------------------------------------------------------------------------------------------ merging
     def _check_mergeable(self, adapter_names: list[str] | None) -> None:

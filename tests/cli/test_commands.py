@@ -297,6 +297,32 @@ def test_evaluate_a_saved_patch(bypass_run, tmp_path, capsys):
     assert "trained on 'testbed'" in err
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_evaluation_that_fails_midway_leaves_out_as_it_was(bypass_run, tmp_path, monkeypatch, existing):
+    from lora_patch_adapters.runs import evaluate as evaluate_module
+
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(bypass_run / "patch"), "--images", "1", "--steps", "1", "--no-progress", "--out", str(out)]
+    if existing:  # an earlier evaluation and a file of the user's
+        assert main(argv) == 0
+        (out / "notes.txt").write_text("mine")
+    before = {p.relative_to(tmp_path).as_posix(): p.read_bytes() if p.is_file() else None
+              for p in sorted(tmp_path.rglob("*"))}
+    staged = []
+
+    def fail_after_the_grid(results):  # the grid was written by then: the first scenario renders it
+        staged.extend(Path(r.grid_path).parent for r in results if getattr(r, "grid_path", None))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "compare", fail_after_the_grid)
+    assert main(argv) == 130  # Ctrl-C: "lora-patch evaluate: interrupted"
+    after = {p.relative_to(tmp_path).as_posix(): p.read_bytes() if p.is_file() else None
+             for p in sorted(tmp_path.rglob("*"))}
+    assert after == before
+    assert not out.exists() or existing
+    assert staged and not [p for p in staged if p.exists()]  # the staging folder is gone too
+
+
 def test_train_defensive_and_evaluate_reports_the_warning(tmp_path, capsys):
     out = tmp_path / "shield"
     assert main(["train-defensive", "--out", str(out), *TINY, "--max-steps", "1", "--text", "FAKE",
@@ -480,6 +506,7 @@ def test_evaluate_refuses_a_patch_without_fingerprint_unless_asked(bypass_run, t
     for name in ("adapter_config.json", "lora_patch.json"):
         data = json.loads((patch / name).read_text())
         data.pop("base_fingerprint", None)
+        data.pop("weights_sha256", None)  # an older file records neither
         (patch / name).write_text(json.dumps(data))
     from safetensors import safe_open
     from safetensors.torch import save_file

@@ -224,8 +224,10 @@ def test_half_precision_tensors_are_accepted_and_cast(saved, tmp_path):
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         copied = tmp_path / str(dtype)
         copied.mkdir()
-        for name in ("adapter_config.json", "lora_patch.json"):
-            (copied / name).write_bytes((Path(path) / name).read_bytes())
+        (copied / "lora_patch.json").write_bytes((Path(path) / "lora_patch.json").read_bytes())
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        config["weights_sha256"] = None  # the weights file is rewritten on purpose (the documented opt-out)
+        (copied / "adapter_config.json").write_text(json.dumps(config))
         save_file({k: v.to(dtype) for k, v in tensors.items()}, copied / "adapter_model.safetensors")
         loaded = load_patch(copy.deepcopy(pristine), copied)
         state = peft.get_peft_model_state_dict(loaded)
@@ -502,6 +504,9 @@ def test_a_patch_saved_with_zero_dimensional_gates_still_loads(saved):
     gates = [key for key in tensors if "lora_patch_gate" in key]
     assert gates and all(tensors[key].shape == (1,) for key in gates)
     save_file({k: (v.reshape(()) if k in gates else v) for k, v in tensors.items()}, weights, metadata=metadata)
+    config = json.loads(Path(path, "adapter_config.json").read_text())
+    del config["weights_sha256"]  # those versions did not record the weights digest either
+    Path(path, "adapter_config.json").write_text(json.dumps(config))
     with safe_open(weights, framework="pt") as f:
         assert all(f.get_tensor(key).dim() == 0 for key in gates)
     loaded = load_patch(copy.deepcopy(pristine), path)

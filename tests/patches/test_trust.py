@@ -9,7 +9,9 @@ test's folder (paths and bytes): the package touches nothing it did not create.
 4. a config is bounded by the targeted layers (rank, scale, task type) before any adapter is built;
 5. the loaded weights are the validated ones, even if the file is rewritten between validation and load;
 6. a local load never touches the network;
-7. a patch without a base fingerprint is refused unless allow_missing_fingerprint=True.
+7. a patch without a base fingerprint is refused unless allow_missing_fingerprint=True;
+8. peft's own writer (``PeftModel.save_pretrained``) refuses NaN/Inf adapter tensors before writing weights or config,
+   writes the config atomically, and records the weights digest that exposes an interrupted or mixed save.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from lora_patch_adapters.patches import (
 from lora_patch_adapters.patches import load as load_module
 from lora_patch_adapters.patches import save as save_module
 from lora_patch_adapters.patches import validate as validate_module
-from lora_patch_adapters.tuner import GatedLoraLayer
+from lora_patch_adapters.patches.errors import PatchFileError
+from lora_patch_adapters.tuner import GatedLoraLayer, NonFiniteAdapterError
+from lora_patch_adapters.tuner import config as config_module
 from tests.helpers import ToyEditor, images, labels
 
 CONFIG, WEIGHTS, SIDECAR = "adapter_config.json", "adapter_model.safetensors", "lora_patch.json"
@@ -417,3 +421,79 @@ def test_replacing_a_patch_never_deletes_the_users_own_files(saved, tmp_path):
     assert {name: open(os.path.join(path, name), "rb").read() for name in os.listdir(path)} == before
     os.remove(notes)
     assert save_patch(_patched(copy.deepcopy(pristine)), path) == os.path.abspath(path)
+
+
+# ------------------------------------------------------------------- 8. peft's save_pretrained, guarded where it can be
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_peft_save_pretrained_refuses_non_finite_tensors_before_writing_weights_or_config(tmp_path, value):
+    model = _patched(_base())
+    target = tmp_path / "work" / "peft-save"
+    model.save_pretrained(target)  # a good save first: the refusal must leave it as it is
+    layer = model.base_model.model.net.main[3]
+    with torch.no_grad():
+        layer.lora_patch_B["default"].weight.view(-1)[2] = value
+    frozen = Frozen(model)
+    for destination in (target, tmp_path / "work" / "fresh"):
+        before = _tree(tmp_path / "work")
+        with pytest.raises(NonFiniteAdapterError) as info:
+            model.save_pretrained(destination)
+        message = str(info.value)
+        assert "base_model.model.net.main.3.lora_patch_B.weight" in message and "NaN or infinite" in message
+        assert "no weights or config file was written" in message and "\n" not in message
+        after = _tree(tmp_path / "work")
+        # peft writes its README.md model card before gathering the weights; nothing else may change
+        changed = {k for k in set(before) | set(after) if before.get(k, b"?") != after.get(k, b"?")}
+        assert changed <= {os.path.relpath(destination, tmp_path / "work"),
+                           os.path.relpath(destination / "README.md", tmp_path / "work")}, changed
+        assert not (destination / WEIGHTS).exists() or before[os.path.relpath(destination / WEIGHTS,
+                                                                              tmp_path / "work")] is not None
+        frozen.assert_unchanged()
+    assert load_file(target / WEIGHTS)  # the earlier good save is intact and loads
+
+
+def test_a_weights_file_from_another_save_is_refused(tmp_path):
+    """peft writes the weights, then the config, in place: a save killed in between (or files of two saves copied
+    together) pairs one save's config with another's weights, with the same shapes. The digest exposes it."""
+    base = _base()
+    pristine = copy.deepcopy(base)
+    model = _patched(base)
+    first, second = tmp_path / "work" / "first", tmp_path / "second"
+    model.save_pretrained(first)
+    with torch.no_grad():
+        model.base_model.model.net.main[3].lora_patch_A["default"].weight.mul_(2)
+    model.save_pretrained(second)
+    (first / WEIGHTS).write_bytes((second / WEIGHTS).read_bytes())  # the second save died before its config
+    digest = json.loads((first / CONFIG).read_text())["weights_sha256"]
+    victim = copy.deepcopy(pristine)
+    message = _refused_unchanged(lambda: load_patch(victim, first), PatchFileError, tmp_path / "work", Frozen(victim))
+    assert str(first / WEIGHTS) in message and str(first / CONFIG) in message and digest[:12] in message
+    assert "weights_sha256 to null" in message
+    # the documented opt-out for a weights file rewritten on purpose
+    _edit_config(first, weights_sha256=None)
+    loaded = load_patch(copy.deepcopy(pristine), first)
+    assert torch.equal(peft.get_peft_model_state_dict(loaded)["base_model.model.net.main.3.lora_patch_A.weight"],
+                       load_file(second / WEIGHTS)["base_model.model.net.main.3.lora_patch_A.weight"])
+
+
+def test_a_malformed_weights_digest_is_refused_naming_the_field(saved):
+    _, _, path = saved
+    _edit_config(path, weights_sha256="not-a-digest")
+    with pytest.raises(PatchConfigError, match="weights_sha256"):
+        validate_patch(_base(), path)
+
+
+def test_the_config_is_written_atomically(tmp_path, monkeypatch):
+    model = _patched(_base())
+    target = tmp_path / "work" / "patch"
+    model.save_pretrained(target)
+    before = _tree(tmp_path / "work")
+    with torch.no_grad():
+        model.base_model.model.net.main[3].lora_patch_A["default"].weight.add_(1)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # the process is stopped while the config is being swapped in
+
+    monkeypatch.setattr(config_module.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        model.peft_config["default"].save_pretrained(str(target))
+    assert _tree(tmp_path / "work") == before  # the old config whole, no partial file left

@@ -16,9 +16,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTuner
 from safetensors.torch import load_file, save_file
 
 from lora_patch_adapters.defenses import PGD
@@ -26,6 +28,7 @@ from lora_patch_adapters.losses import MMFALoss
 from lora_patch_adapters.training import BypassTrainer
 from lora_patch_adapters.training import checkpoint as ckpt
 from lora_patch_adapters.tuner.config import LoraPatchConfig
+from lora_patch_adapters.tuner.model import LoraPatchModel, NonFiniteAdapterError
 from tests.training.conftest import PatternAttack, quick_config, tiny_data, tiny_editor
 
 KAIMING = LoraPatchConfig(r=4, init_weights="kaiming")
@@ -291,7 +294,11 @@ def poison(out: Path, step: int) -> None:
     trainer.train(DATA, resume_from=str(step_dir(out, step)))  # restores step `step`; nothing left to train
     with torch.no_grad():
         trainer.parameters[0].fill_(float("nan"))
-    ckpt.save_checkpoint(str(out), trainer.model, "default", trainer.optimizer, trainer.trainer_state(), keep=3)
+    # the writer refuses NaN weights (test_checkpoint_writer_refuses_non_finite_weights); write it as an older
+    # version without that guard did
+    unguarded = classmethod(BaseTuner._get_adapter_state_dict.__func__)
+    with mock.patch.object(LoraPatchModel, "_get_adapter_state_dict", unguarded):
+        ckpt.save_checkpoint(str(out), trainer.model, "default", trainer.optimizer, trainer.trainer_state(), keep=3)
     shutil.rmtree(out / "poisoner")
 
 
@@ -307,6 +314,17 @@ def test_non_finite_checkpoints_are_never_resumed_from(reference, tmp_path):
     assert_same(outcome(trainer), reference[1])
     assert torch.isfinite(load_file(str(step_dir(out, 6) / "adapter_model.safetensors"))[
         first_key(load_file(str(step_dir(out, 6) / "adapter_model.safetensors")), "lora_patch_")]).all()
+
+
+def test_checkpoint_writer_refuses_non_finite_weights(run_dir):
+    trainer = make(run_dir / "nan")
+    trainer.train(DATA, resume_from=str(step_dir(run_dir, 3)), force_resume=True)
+    before = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*"))
+    with torch.no_grad():
+        trainer.parameters[0].view(-1)[0] = float("inf")
+    with pytest.raises(NonFiniteAdapterError, match=r"lora_patch_\w+\.weight' holds 1 NaN or infinite"):
+        ckpt.save_checkpoint(str(run_dir), trainer.model, "default", trainer.optimizer, trainer.trainer_state(), 3)
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == before  # no .tmp left
 
 
 def test_pruning_ignores_checkpoints_of_later_steps(run_dir):

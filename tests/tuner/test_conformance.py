@@ -11,6 +11,7 @@ stamped at injection, discovered targets written into the user's config, and saf
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -476,7 +477,8 @@ def test_config_construction_and_round_trip(case, tmp_path):
     reread = peft.PeftConfig.from_pretrained(tmp_path)
     assert type(reread) is type(config)
     # fields peft itself rewrites on save: inference_mode (True), auto_mapping (custom models), sets -> lists
-    rewritten = ("inference_mode", "auto_mapping", "peft_type", "target_modules", "exclude_modules")
+    # and weights_sha256, the digest of the weights file written beside the config
+    rewritten = ("inference_mode", "auto_mapping", "peft_type", "target_modules", "exclude_modules", "weights_sha256")
     for key, value in data.items():
         if key in rewritten:
             continue
@@ -485,6 +487,10 @@ def test_config_construction_and_round_trip(case, tmp_path):
     assert saved["peft_type"] == config.peft_type.value
     assert sorted(reread.target_modules) == sorted(config.target_modules)
     assert reread.inference_mode  # saved for inference, as peft does
+    if isinstance(config, LoraPatchConfig):
+        digest = hashlib.sha256((tmp_path / "adapter_model.safetensors").read_bytes()).hexdigest()
+        assert saved["weights_sha256"] == digest
+        assert config.weights_sha256 is None  # a record of the file, not of the live adapter
 
     loaded = peft.PeftModel.from_pretrained(case.base(), tmp_path, is_trainable=False, config=config)
     assert loaded.peft_config["default"] is config
