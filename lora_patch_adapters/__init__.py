@@ -13,7 +13,15 @@ from .data import testbed_faces
 from .evaluation import evaluate_defense
 from .generators import Editor, load_editor, wrap
 from .losses import MMFALoss
-from .patches import inspect_patch, load_patch, pull_patch, push_patch, save_patch
+from .patches import (
+    export_official_patch,
+    import_official_patch,
+    inspect_patch,
+    load_patch,
+    pull_patch,
+    push_patch,
+    save_patch,
+)
 from .training import BypassTrainer, TrainingConfig, Watermark, WatermarkTrainer
 from .tuner import (
     GATE_TYPES,
@@ -58,7 +66,9 @@ __all__ = [
     "__version__",
     "discover_target_modules",
     "evaluate_defense",
+    "export_official_patch",
     "get_peft_model",
+    "import_official_patch",
     "inspect_patch",
     "load_editor",
     "load_patch",

@@ -14,7 +14,7 @@ GENERATORS = ("stargan", "attgan", "attgan_inject1", "hisd", "testbed")
 CELEBA_PRESETS = {"stargan": "stargan", "attgan": "attgan", "attgan_inject1": "attgan", "hisd": "hisd",
                   "testbed": "testbed"}
 SPLITS = ("paper-train", "paper-test")
-GATES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
+GATES = ("none", "basic", "input_adaptive", "input_adaptive_channel", "input_adaptive_pixel")
 INITS = ("zero", "kaiming")
 LR_SCHEDULES = ("constant", "cosine")
 SCHEDULES = ("batched", "per_condition")
@@ -24,6 +24,7 @@ DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
 SCENARIOS = ("default", "leakage", "both")
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 PGD_EPS, PGD_STEPS, PGD_STEP_SIZE = 0.05, 10, 0.01  # the field's PGD (defenses.pgd); tests check they match
+TARGET_SETS = ("all", "paper")  # AttGAN's (generators.attgan.ATTGAN_TARGET_SETS)
 ENCODER_HINT = "to train without the encoders, pass --feature-weight 0 --semantic-weight 0"
 
 
@@ -135,6 +136,14 @@ def device_name(text: str) -> str:
     return text
 
 
+def path_list(text: str) -> list[str]:
+    """Comma-separated file paths (``a.jpg,b.jpg``)."""
+    paths = [path.strip() for path in text.split(",") if path.strip()]
+    if not paths:
+        raise argparse.ArgumentTypeError(f"expected image paths separated by commas, got {text!r}")
+    return paths
+
+
 def defense_list(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in DEFENSES]
@@ -161,6 +170,12 @@ def add_inputs(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--out", metavar="DIR", required=out_required,
                    help="output folder for summary.json, report.md, grid.png" + (" and the patch" if out_required
                                                                                  else ""))
+    p.add_argument("--targets", choices=TARGET_SETS,
+                   help="AttGAN edits: paper (the paper's 5: Bangs, Black/Blond/Brown_Hair, Male) or all (the 13 "
+                        "attributes; the default)")
+    p.add_argument("--references", type=path_list, metavar="A.jpg,B.jpg,...",
+                   help="HiSD: reference-guided hair-colour edits, one per image (the paper's protocol uses 3); "
+                        "default: the 7 latent-guided edits")
     p.add_argument("--seed", type=seed_value, default=42, help="seed for everything (default: 42)")
     p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:N or mps (default: cpu)")
 

@@ -43,6 +43,13 @@ def add_evaluate_command(sub: Any) -> None:
     evaluate.add_argument("--allow-missing-fingerprint", action="store_true",
                           help="load a patch that records no base fingerprint (saved by plain peft or an older "
                                "version) without checking it belongs to this generator")
+    evaluate.add_argument("--criterion", choices=("mse", "masked_l2"), default="mse",
+                          help="what counts as a disrupted edit: MSE to the clean edit > 0.05, or CMUA-Watermark's "
+                               "masked L2 (only the pixels the clean edit changed) > 0.05 (default: mse)")
+    evaluate.add_argument("--cmua-editor", action="append", metavar="NAME[=CHECKPOINT]",
+                          help="with --defense cmua: also fit the universal watermark on this editor (repeatable; "
+                               "the published CMUA is fitted across StarGAN, AttGAN, HiSD, ...); without a "
+                               "checkpoint the editor has random weights drawn from the seed")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -20,7 +20,9 @@ from .demo import add_demo_command
 from .evaluate import add_evaluate_command
 from .forensics import add_forensics_command
 from .hub import add_hub_commands
+from .official import add_official_commands
 from .presets import add_presets_command
+from .reproduce import add_reproduce_command
 from .train import add_train_commands
 
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_hub_commands(sub)  # push, pull, inspect
     add_forensics_command(sub)
     add_audit_command(sub)
+    add_official_commands(sub)  # import-official, export-official
+    add_reproduce_command(sub)
     return parser
 
 

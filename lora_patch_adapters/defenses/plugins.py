@@ -32,7 +32,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -60,9 +60,14 @@ class DefenseOutputError(ValueError):
     """A plug-in defense returned something other than protected images within its budget."""
 
 
-def builtin_defense(name: str, eps: float = PGD_EPS, steps: int | None = None, seed: int = 0) -> Defense:
+def builtin_defense(name: str, eps: float = PGD_EPS, steps: int | None = None, seed: int = 0,
+                    editors: Sequence[Editor] | None = None) -> Defense:
     """A built-in defense with the field's settings: iterative ones take ``steps`` (default 10; Anti-Forgery 100
-    Adam steps) of size ``2 * eps / steps``; Anti-Forgery's ``eps`` is in normalised Lab a/b units."""
+    Adam steps) of size ``2 * eps / steps``; Anti-Forgery's ``eps`` is in normalised Lab a/b units.
+
+    ``editors`` (``cmua`` only; the others defend one editor at a time): with two or more, the CMUA watermark is
+    fitted across all of them, besides the editor the evaluation protects against (each object once); with one or
+    none, it is fitted on the evaluation's editor alone, as before."""
     if name not in BUILTIN_DEFENSES:
         raise DefenseLoadError(f"Unknown built-in defense {name!r}; choose one of {', '.join(BUILTIN_DEFENSES)}, "
                                "or name your own as module:attribute or path/to/file.py[:attribute].")
@@ -74,7 +79,12 @@ def builtin_defense(name: str, eps: float = PGD_EPS, steps: int | None = None, s
     if name == "fgsm":
         return FGSM(eps=eps, seed=seed)
     if name == "cmua":
-        return CMUA(eps=eps, steps=steps, step_size=2 * eps / steps, seed=seed)
+        if editors is not None and (not isinstance(editors, (list, tuple))
+                                    or not all(isinstance(e, Editor) for e in editors)):
+            raise DefenseLoadError("builtin_defense('cmua', editors=...) needs a list of Editors (see "
+                                   f"lora_patch_adapters.load_editor), got {editors!r:.200}.")
+        across = list(editors) if editors is not None and len(editors) > 1 else None
+        return CMUA(eps=eps, steps=steps, step_size=2 * eps / steps, seed=seed, editors=across)
     return AntiForgery(eps=eps, steps=steps, seed=seed)
 
 

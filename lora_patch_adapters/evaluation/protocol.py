@@ -8,9 +8,10 @@ For every image and target condition:
 * ``patched_clean``  = patched editor on the clean image (fidelity of the patch on benign inputs),
 
 each compared with the reference (MSE — the field's "L2" —, L1, PSNR, SSIM on [0, 1], CMUA's masked L2). A sample is
-*disrupted* when its MSE to the reference exceeds ``threshold`` (0.05). Scenarios: ``"default"`` computes the
-protection on the base editor (the defender knows only the public model), ``"leakage"`` on the patched editor itself.
-Outputs are clamped to [-1, 1] before scoring (HiSD's decoder has no tanh).
+*disrupted* when its ``criterion`` score to the reference exceeds ``threshold`` (0.05): ``"mse"`` (default,
+Disrupting Deepfakes) or ``"masked_l2"`` (CMUA-Watermark: MSE over the pixels the clean edit changed). Scenarios:
+``"default"`` computes the protection on the base editor (the defender knows only the public model), ``"leakage"``
+on the patched editor itself. Outputs are clamped to [-1, 1] before scoring (HiSD's decoder has no tanh).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from . import metrics
 SCENARIOS = ("default", "leakage")
 GROUPS = ("base_protected", "patched_protected", "patched_clean")
 METRIC_NAMES = ("mse", "l1", "psnr", "ssim", "masked_l2")
+CRITERIA = ("mse", "masked_l2")
+"""The success criteria: a sample is disrupted when this score exceeds the threshold."""
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -52,10 +55,14 @@ class EvaluationOptions:
     grid_images: int = 4
     progress: bool = False
     transforms: Mapping[str, Transform] | None = None
+    criterion: str = "mse"
 
     def __post_init__(self) -> None:
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.grid_images, "grid_images")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {list(CRITERIA)} (the score a disrupted sample exceeds the "
+                             f"threshold in), got {self.criterion!r}.")
 
 
 @dataclass
@@ -75,6 +82,7 @@ class EvaluationResult:
     config: dict[str, Any] = field(default_factory=dict)
     # transformation name -> {"success_rate", "mse", "success_rate_clean", "mse_clean"} (see evaluate_defense)
     transforms: dict[str, dict[str, float]] = field(default_factory=dict)
+    criterion: str = "mse"  # the score that decides success (see CRITERIA)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,7 +94,8 @@ class EvaluationResult:
         """A small text table."""
         lines = [
             f"{self.defense} ({self.scenario} scenario): {self.n_images} images x {self.n_conditions} conditions; "
-            f"defense success rate {100 * self.success_rate_base:.1f}% on the base editor -> "
+            f"defense success rate ({self.criterion} > {self.threshold:g}) {100 * self.success_rate_base:.1f}% on the "
+            "base editor -> "
             f"{100 * self.success_rate_patched:.1f}% on the patched editor",
             f"{'vs clean edit':20s}" + "".join(f"{m:>11s}" for m in METRIC_NAMES),
         ]
@@ -122,6 +131,7 @@ def evaluate_defense(
     grid_images: int = 4,
     progress: bool = False,
     transforms: Mapping[str, Transform] | None = None,
+    criterion: str = "mse",
 ) -> EvaluationResult:
     """Run the protocol on ``images`` [N, 3, H, W] in [-1, 1] with source ``labels`` [N, A] (targets come from
     ``base.conditions(labels)``).
@@ -135,13 +145,16 @@ def evaluate_defense(
     [-1, 1] (e.g. JPEG, blur) applied to the protected images before the base editor sees them; the result's
     ``transforms[name]`` holds the defense's success rate and MSE under it, and the same for the transformed clean
     images (``success_rate_clean``: how often the transformation alone already counts as a disruption).
+    ``criterion``: the score that must exceed ``threshold`` for a sample to count as disrupted, ``"mse"`` or
+    ``"masked_l2"`` (CMUA-Watermark's, with the mask of the pixels the clean edit changed by more than 0.5 summed over
+    RGB); it decides every success rate, transforms included, and is recorded in the result.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {list(SCENARIOS)}, got {scenario!r}.")
     patched = base if patched is None else patched
     view = base if scenario == "default" else patched
     options = EvaluationOptions(scenario, per_condition, batch_size, threshold, fit_data, grid_path, "patched",
-                                grid_images, progress, transforms)
+                                grid_images, progress, transforms, criterion)
     return _evaluate(defense, base, images, labels, {"patched": patched}, view, options)["patched"]
 
 
@@ -162,6 +175,7 @@ def evaluate_patches(
     grid_images: int = 4,
     progress: bool = False,
     transforms: Mapping[str, Transform] | None = None,
+    criterion: str = "mse",
 ) -> dict[str, EvaluationResult]:
     """:func:`evaluate_defense` for several patched editors at once: the protected images are computed once (against
     ``protect_against``, default ``base``) and every editor of ``patched`` (name -> editor) is scored on them.
@@ -169,7 +183,8 @@ def evaluate_patches(
     ``scenario`` only labels the results (``"default"`` when protecting against the base editor; e.g.
     ``"patch-aware"`` against an :class:`~lora_patch_adapters.generators.ensemble.EnsembleEditor`). Universal
     defenses are fitted on ``fit_data`` against ``protect_against`` (its members, for an ensemble). ``grid_patch``:
-    the patched editor shown in the grid (default: the first). Returns name -> :class:`EvaluationResult`.
+    the patched editor shown in the grid (default: the first). ``criterion`` as for :func:`evaluate_defense`.
+    Returns name -> :class:`EvaluationResult`.
     """
     if not patched:
         raise ValueError("evaluate_patches needs at least one patched editor (a name -> Editor mapping).")
@@ -178,14 +193,15 @@ def evaluate_patches(
     if grid_patch not in patched:
         raise ValueError(f"grid_patch={grid_patch!r} is not one of the patched editors {list(patched)}.")
     options = EvaluationOptions(scenario, per_condition, batch_size, threshold, fit_data, grid_path, grid_patch,
-                                grid_images, progress, transforms)
+                                grid_images, progress, transforms, criterion)
     return _evaluate(defense, base, images, labels, dict(patched), view, options)
 
 
 class _Tally:
     """Running sums of the scores of one (base, patched) pair."""
 
-    def __init__(self) -> None:
+    def __init__(self, criterion: str = "mse") -> None:
+        self.criterion = criterion
         self.sums: dict[str, dict[str, float]] = {g: {m: 0.0 for m in METRIC_NAMES} for g in GROUPS}
         self.disrupted = {"base": 0, "patched": 0}
 
@@ -193,7 +209,7 @@ class _Tally:
         for name, values in scores.items():
             self.sums[group][name] += values.sum().item()
         if group != "patched_clean":
-            self.disrupted[group.split("_")[0]] += int(metrics.success(scores["mse"], threshold).sum())
+            self.disrupted[group.split("_")[0]] += int(metrics.success(scores[self.criterion], threshold).sum())
 
 
 def fit_universal(defense: Defense, view: Editor, fit_data: tuple[torch.Tensor, torch.Tensor]) -> Defense:
@@ -224,7 +240,7 @@ def _evaluate(
         defense = fit_universal(defense, view, options.fit_data)
 
     device = base.device
-    tallies = {name: _Tally() for name in patched}
+    tallies = {name: _Tally(options.criterion) for name in patched}
     transformed = {name: {"disrupted": 0, "disrupted_clean": 0, "mse": 0.0, "mse_clean": 0.0} for name in transforms}
     linf, protected_psnr = 0.0, 0.0
     n_samples, n_conditions = 0, None
@@ -260,10 +276,12 @@ def _evaluate(
                         grid_count += k
                 for name, transform in transforms.items():
                     for suffix, source in (("", x_protected), ("_clean", x)):
-                        mse = metrics.mse(base.edit(transform(source).clamp(-1, 1), condition).clamp(-1, 1),
-                                          reference.clamp(-1, 1))
+                        edited = base.edit(transform(source).clamp(-1, 1), condition).clamp(-1, 1)
+                        mse = metrics.mse(edited, reference.clamp(-1, 1))
+                        score = mse if options.criterion == "mse" else \
+                            metrics.masked_l2(edited, reference.clamp(-1, 1), mask)
                         transformed[name]["mse" + suffix] += mse.sum().item()
-                        transformed[name]["disrupted" + suffix] += int(metrics.success(mse, threshold).sum())
+                        transformed[name]["disrupted" + suffix] += int(metrics.success(score, threshold).sum())
                 linf = max(linf, (x_protected - x).abs().max().item())
                 protected_psnr += metrics.psnr(x_protected, x).sum().item()
                 n_samples += x.shape[0]
@@ -297,6 +315,7 @@ def _evaluate(
                     "base": base.name, "patched": editor.name, "patched_is_base": editor is base,
                     "protected_against": view.name},
             transforms=transform_results,
+            criterion=options.criterion,
         )
         for (name, tally), editor in zip(tallies.items(), patched.values())
     }

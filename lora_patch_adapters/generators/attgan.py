@@ -14,6 +14,14 @@ decoder outputs get ``a`` tiled and concatenated once more. Convs are bias-free 
 Official inference (``test.py``) calls ``eval()``: BatchNorm normalises with the running statistics stored in the
 checkpoint, not with per-batch statistics. :class:`AttGANEditor` therefore runs the generator in eval mode (StarGAN's
 editor does the opposite, because its official test never leaves train mode).
+
+Target sets (:data:`ATTGAN_TARGET_SETS`): ``"all"`` edits each of the 13 attributes in turn; ``"paper"`` edits only
+the five of the LoRA-Patching paper (Qu et al. 2025), :data:`ATTGAN_PAPER_TARGETS`. The paper's release
+(``deepfake.py``, ``DeepfakeHandler.process_input``) keeps the edits of columns 1, 2, 3, 4 and 7 but then multiplies
+column ``k - 1`` of the ``k``-th kept edit by ``test_int / thres_int`` -- an index left over from AttGAN's own test
+script, whose list starts with the unedited labels. The edited attribute therefore stays at ``±thres_int`` there,
+while Young (for the Bangs edit), Bald, Bangs, Black_Hair (for Blond_Hair, Brown_Hair, Male) are pushed to
+``±test_int`` instead. This module scales the edited attribute itself, as AttGAN defines the test intensity.
 """
 
 from __future__ import annotations
@@ -48,6 +56,12 @@ ATTGAN_ATTRIBUTES: tuple[str, ...] = (
     "Young",
 )
 """The 13 CelebA attributes of the released AttGAN models, in the order of the condition vector."""
+
+ATTGAN_PAPER_TARGETS: tuple[str, ...] = ("Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Male")
+"""The attributes the LoRA-Patching paper edits with AttGAN, in the order of its edits (``targets="paper"``)."""
+
+ATTGAN_TARGET_SETS: tuple[str, ...] = ("all", "paper")
+"""Values of :class:`AttGANEditor`'s ``targets``: ``"all"`` (one edit per attribute, the default) or ``"paper"``."""
 
 NORMS = ("batchnorm", "instancenorm", "none")
 ACTIVATIONS = ("relu", "lrelu", "sigmoid", "tanh", "none")
@@ -270,6 +284,7 @@ def attgan_conditions(
     thres_int: float = 0.5,
     test_int: float = 1.0,
     attribute_names: Sequence[str] = ATTGAN_ATTRIBUTES,
+    edited: Sequence[str] | None = None,
 ) -> list[torch.Tensor]:
     """Target attribute vectors for the official single-attribute edits of images with source ``labels``.
 
@@ -278,20 +293,24 @@ def attgan_conditions(
         thres_int: training intensity; present/absent attributes map to ``+thres_int`` / ``-thres_int``.
         test_int: intensity of the edited attribute (``±test_int``).
         attribute_names: the attributes of the label columns (conflict rules only apply to names present here).
+        edited: the attributes to edit, one condition each, in this order (default: every attribute, in column
+            order); e.g. :data:`ATTGAN_PAPER_TARGETS`.
 
     Returns:
-        A list of A float tensors [N, A], entry ``i`` editing attribute ``i``: attribute ``i`` flipped, attributes
-        that conflict with a newly present attribute switched off (one hair colour at a time; Bald or
-        Receding_Hairline vs Bangs; Mustache vs No_Beard; Straight_Hair vs Wavy_Hair), then mapped to
-        ``(att * 2 - 1) * thres_int`` with column ``i`` multiplied by ``test_int / thres_int``. The official test
-        script additionally runs the unedited labels (reconstruction), which is not an edit and is not returned.
+        A list of float tensors [N, A], one per edited attribute ``i``: attribute ``i`` flipped, attributes that
+        conflict with a newly present attribute switched off (one hair colour at a time; Bald or Receding_Hairline
+        vs Bangs; Mustache vs No_Beard; Straight_Hair vs Wavy_Hair), then mapped to ``(att * 2 - 1) * thres_int``
+        with column ``i`` (the edited one) multiplied by ``test_int / thres_int``. The official test script
+        additionally runs the unedited labels (reconstruction), which is not an edit and is not returned.
     """
     names = tuple(attribute_names)
     labels = check_labels(labels, names)
     if thres_int <= 0:
         raise ValueError(f"thres_int must be > 0, got {thres_int}.")
+    columns = range(len(names)) if edited is None else [names.index(name) for name in _check_edited(edited, names)]
     conditions = []
-    for i, name in enumerate(names):
+    for i in columns:
+        name = names[i]
         target = labels.clone()
         target[:, i] = 1 - target[:, i]
         switched_on = target[:, i] == 1
@@ -304,12 +323,31 @@ def attgan_conditions(
     return conditions
 
 
+def _check_edited(edited: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(edited, str):
+        raise TypeError(f"edited must be a sequence of attribute names, got the string {edited!r}.")
+    edited = tuple(edited)
+    if not edited:
+        raise ValueError("edited must name at least one attribute (None edits them all).")
+    unknown = [name for name in edited if name not in names]
+    if unknown:
+        raise ValueError(f"edited names attributes {unknown} that are not among the label columns {list(names)}.")
+    if len(set(edited)) != len(edited):
+        raise ValueError(f"edited lists an attribute more than once: {list(edited)}.")
+    return edited
+
+
 # -------------------------------------------------------------------------------------------------------- editor
 class AttGANEditor(Editor):
     """AttGAN as an :class:`~lora_patch_adapters.generators.base.Editor`.
 
     Condition: the already-scaled float tensor a [N, 13] built by :meth:`conditions` / :func:`attgan_conditions`.
     The generator runs in eval mode (BatchNorm running statistics), as the official test script does.
+
+    ``targets`` picks the edits :meth:`conditions` returns: ``"all"`` (default: one per attribute, 13) or
+    ``"paper"`` (the LoRA-Patching paper's 5, :data:`ATTGAN_PAPER_TARGETS`, with the edited attribute scaled to
+    ``±test_int``; see the module docstring for how the paper's release scales them). It can be changed later
+    (``editor.targets = "paper"``); :meth:`describe` records it.
     """
 
     name = "attgan"
@@ -323,6 +361,7 @@ class AttGANEditor(Editor):
         thres_int: float = 0.5,
         test_int: float = 1.0,
         attribute_names: Sequence[str] = ATTGAN_ATTRIBUTES,
+        targets: str = "all",
     ) -> None:
         super().__init__(generator)
         n_attrs = getattr(generator, "n_attrs", len(attribute_names))
@@ -337,14 +376,48 @@ class AttGANEditor(Editor):
         self.name = name if name is not None else ("attgan" if inject == 0 else f"attgan_inject{inject}")
         self.thres_int = thres_int
         self.test_int = test_int
+        self.targets = targets
+
+    @property
+    def targets(self) -> str:
+        """``"all"`` or ``"paper"``: which edits :meth:`conditions` returns."""
+        return self._targets
+
+    @targets.setter
+    def targets(self, value: str) -> None:
+        if value not in ATTGAN_TARGET_SETS:
+            raise ValueError(f"AttGAN targets must be one of {list(ATTGAN_TARGET_SETS)}, got {value!r}.")
+        if value == "paper":
+            missing = [n for n in ATTGAN_PAPER_TARGETS if n not in self.attribute_names]
+            if missing:
+                raise ValueError(
+                    f"AttGAN targets='paper' edits {list(ATTGAN_PAPER_TARGETS)}, but this editor's attributes lack "
+                    f"{missing}; use targets='all'."
+                )
+        self._targets = value
+
+    @property
+    def edited_attributes(self) -> tuple[str, ...]:
+        """The attributes :meth:`conditions` edits, one condition each, in order."""
+        return ATTGAN_PAPER_TARGETS if self._targets == "paper" else self.attribute_names
 
     def _run(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         condition = torch.as_tensor(condition, device=x.device, dtype=x.dtype)
         return self.generator(x, condition)
 
     def conditions(self, labels: torch.Tensor) -> list[torch.Tensor]:
-        """One [N, 13] condition per attribute (see :func:`attgan_conditions`)."""
-        return attgan_conditions(labels, self.thres_int, self.test_int, self.attribute_names)
+        """One [N, 13] condition per edited attribute (:attr:`edited_attributes`; see :func:`attgan_conditions`)."""
+        edited = None if self._targets == "all" else self.edited_attributes
+        return attgan_conditions(labels, self.thres_int, self.test_int, self.attribute_names, edited)
+
+    def describe(self) -> dict[str, Any]:
+        """The editor's settings as plain values (what a run records): name, targets, edited attributes,
+        intensities."""
+        return {"name": self.name, "targets": self._targets, "edited": list(self.edited_attributes),
+                "thres_int": self.thres_int, "test_int": self.test_int}
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, targets={self._targets!r})"
 
 
 def _strip_data_parallel_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -358,6 +431,7 @@ def build_editor(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     inject_layers: int = 0,
+    targets: str = "all",
 ) -> AttGANEditor:
     """The released 256 px AttGAN (shortcut_layers=1) as an editor, in eval mode.
 
@@ -368,12 +442,15 @@ def build_editor(
         device: where to put the generator (default: CPU).
         inject_layers: 0 for ``256_shortcut1_inject0_none`` (``"attgan"``), 1 for ``256_shortcut1_inject1_none``
             (``"attgan_inject1"``).
+        targets: ``"all"`` (the 13 edits) or ``"paper"`` (the paper's 5); see :class:`AttGANEditor`.
 
     Raises:
         CheckpointError: the file is missing, unreadable, or not this variant (the message names the file's model
             when it is a known layout).
     """
     model_name = "attgan" if inject_layers == 0 else f"attgan_inject{inject_layers}"
+    if targets not in ATTGAN_TARGET_SETS:  # before reading or building anything
+        raise ValueError(f"AttGAN targets must be one of {list(ATTGAN_TARGET_SETS)}, got {targets!r}.")
     state = None
     if checkpoint is None:
         warnings.warn(
@@ -393,7 +470,7 @@ def build_editor(
     generator = AttGANGenerator(inject_layers=inject_layers)
     if state is not None:
         load_into(generator, state, model_name, checkpoint)
-    editor = AttGANEditor(generator, name=model_name)
+    editor = AttGANEditor(generator, name=model_name, targets=targets)
     if device is not None:
         editor.to(device)
     generator.eval()
@@ -405,6 +482,8 @@ register_layout("attgan_inject1", lambda: AttGANGenerator(inject_layers=1))
 
 __all__ = [
     "ATTGAN_ATTRIBUTES",
+    "ATTGAN_PAPER_TARGETS",
+    "ATTGAN_TARGET_SETS",
     "AttGANEditor",
     "AttGANGenerator",
     "ConvBlock",

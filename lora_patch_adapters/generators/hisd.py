@@ -50,12 +50,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_images, check_value_range
 from .base import Editor, check_labels
 from .checkpoints import load_into, pick_state_dict, read_checkpoint, register_layout
 
 __all__ = [
     "CELEBA_HQ_256",
     "HISD_ATTRIBUTE_NAMES",
+    "HISD_REFERENCE_SIZE",
+    "HISD_REFERENCE_TAG",
     "HISD_TAGS",
     "HiSDCondition",
     "HiSDEditor",
@@ -73,6 +76,13 @@ HISD_TAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 #: The editor's flat attribute list for the official tags (CelebA names; one column per label).
 HISD_ATTRIBUTE_NAMES: tuple[str, ...] = ("Bangs", "Eyeglasses", "Black_Hair", "Blond_Hair", "Brown_Hair")
+
+#: The tag the LoRA-Patching paper edits with reference images (index 2 of :data:`HISD_TAGS`).
+HISD_REFERENCE_TAG = "HairColor"
+
+#: Shorter side, in pixels, that the official scripts resize reference images to (``new_size`` of the 256 config),
+#: before ``ToTensor`` and ``Normalize(0.5, 0.5)`` to [-1, 1]; the aspect ratio is kept.
+HISD_REFERENCE_SIZE = 256
 
 #: The generator-relevant hyper-parameters of the official ``configs/celeba-hq_256.yaml``.
 CELEBA_HQ_256: dict[str, Any] = {
@@ -628,6 +638,16 @@ class HiSDEditor(Editor):
     ``edit(x, cond)`` runs ``decode(translate(encode(x), style, tag))`` with ``style = extract(reference, tag)`` or
     ``map(z, tag, attribute)``. Output [N, 3, H, W] is unbounded (no tanh; ~[-1, 1] for trained weights).
 
+    What :meth:`conditions` returns:
+
+    * ``references=None`` (default): latent-guided, one edit per (tag, attribute) pair (7 for the celeba-hq tags),
+      the HiSD test protocol;
+    * ``references=[r_1, ..., r_k]``: reference-guided, one edit per reference image, ``style = extract(r_i, tag)``
+      for ``reference_tag`` (default :data:`HISD_REFERENCE_TAG`, HairColor), the LoRA-Patching paper's protocol
+      (three hair-colour references). Each reference is a float tensor [3, H, W] or [1, 3, H, W] in [-1, 1], shared
+      by every image of a batch; the official scripts resize references so the shorter side is
+      :data:`HISD_REFERENCE_SIZE` (``lora_patch_adapters.runs.inputs.read_references`` reads files that way).
+
     ``generator_mode`` is ``"eval"``; HiSD has no BatchNorm, Dropout or running statistics, so train and eval mode
     give identical results (the official scripts never switch modes).
     """
@@ -635,7 +655,12 @@ class HiSDEditor(Editor):
     name = "hisd"
     generator_mode = "eval"
 
-    def __init__(self, generator: HiSDGenerator | None = None) -> None:
+    def __init__(
+        self,
+        generator: HiSDGenerator | None = None,
+        references: Sequence[torch.Tensor] | None = None,
+        reference_tag: int | str = HISD_REFERENCE_TAG,
+    ) -> None:
         generator = HiSDGenerator() if generator is None else generator
         if not isinstance(generator, HiSDGenerator):
             raise TypeError(f"HiSDEditor needs a HiSDGenerator, got {type(generator).__name__}.")
@@ -648,7 +673,90 @@ class HiSDEditor(Editor):
                 binary = attributes == ("with", "without")
                 names.extend([name] if binary else [f"{name}_{attribute}" for attribute in attributes])
             self.attribute_names = tuple(names)
+        self._references: tuple[torch.Tensor, ...] | None = None
+        self._reference_tag: int | None = None
+        if references is not None:
+            self.set_references(references, reference_tag)
+        elif reference_tag != HISD_REFERENCE_TAG or any(
+            name.replace("_", "").lower() == HISD_REFERENCE_TAG.lower() for name, _ in generator.tags
+        ):
+            self._reference_tag = self._resolve_tag(reference_tag)
 
+    # ------------------------------------------------------------------------------------------------ references
+    @property
+    def references(self) -> tuple[torch.Tensor, ...] | None:
+        """The reference images [1, 3, H, W] of the reference-guided edits, or None (latent-guided)."""
+        return self._references
+
+    @references.setter
+    def references(self, value: Sequence[torch.Tensor] | None) -> None:
+        self.set_references(value, HISD_REFERENCE_TAG if self._reference_tag is None else self._reference_tag)
+
+    @property
+    def reference_tag(self) -> int | None:
+        """Index of the tag the reference-guided edits change (in ``generator.tags``); None when the network has no
+        HairColor tag and none was chosen."""
+        return self._reference_tag
+
+    @property
+    def guidance(self) -> str:
+        """``"reference"`` when :meth:`conditions` is reference-guided, else ``"latent"``."""
+        return "latent" if self._references is None else "reference"
+
+    def set_references(
+        self, references: Sequence[torch.Tensor] | None, tag: int | str = HISD_REFERENCE_TAG
+    ) -> None:
+        """Make :meth:`conditions` reference-guided: one edit of ``tag`` (index or name, e.g. ``"HairColor"``) per
+        image of ``references`` (float tensors [3, H, W] or [1, 3, H, W] in [-1, 1], at least
+        ``generator.min_reference_size`` pixels high and wide). ``references=None`` returns to latent-guided edits.
+        Everything is checked before anything changes."""
+        if references is None:
+            self._references = None
+            return
+        tag_index = self._resolve_tag(tag)
+        if isinstance(references, torch.Tensor) or isinstance(references, (str, bytes, os.PathLike)):
+            raise TypeError(
+                "HiSDEditor references must be a list of image tensors [3, H, W] in [-1, 1] (one edit each), got "
+                f"a single {type(references).__name__}; read image files with "
+                "lora_patch_adapters.runs.inputs.read_references(paths)."
+            )
+        checked = tuple(self._check_reference(r, f"references[{i}]") for i, r in enumerate(references))
+        if not checked:
+            raise ValueError("HiSDEditor references is empty: give at least one reference image (None: latent-guided).")
+        self._references, self._reference_tag = checked, tag_index
+
+    def _resolve_tag(self, tag: int | str) -> int:
+        tags = self.generator.tags
+        if isinstance(tag, str):
+            wanted = tag.replace("_", "").lower()
+            matches = [i for i, (name, _) in enumerate(tags) if name.replace("_", "").lower() == wanted]
+            if not matches:
+                raise ValueError(f"HiSD reference tag {tag!r} is not a tag of this network {[n for n, _ in tags]}.")
+            return matches[0]
+        return self.generator._check_tag(tag)
+
+    def _check_reference(self, reference: Any, name: str) -> torch.Tensor:
+        if isinstance(reference, (str, bytes, os.PathLike)):
+            raise TypeError(
+                f"HiSDEditor {name} is a path ({os.fsdecode(reference)!r}); the editor takes image tensors: read the "
+                "files with lora_patch_adapters.runs.inputs.read_references(paths)."
+            )
+        if isinstance(reference, torch.Tensor) and reference.dim() == 3:
+            reference = reference.unsqueeze(0)
+        if not isinstance(reference, torch.Tensor) or reference.dim() != 4 or reference.shape[:2] != (1, 3):
+            got = tuple(reference.shape) if isinstance(reference, torch.Tensor) else type(reference).__name__
+            raise ValueError(f"HiSDEditor {name} must be one image [3, H, W] or [1, 3, H, W] in [-1, 1], got {got}.")
+        check_images(reference, f"HiSDEditor {name}")
+        check_value_range(reference, f"HiSDEditor {name}")  # also refuses NaN and Inf
+        size = self.generator.min_reference_size
+        if min(reference.shape[2:]) < size:
+            raise ValueError(
+                f"HiSDEditor {name} is {tuple(reference.shape[2:])} pixels; this network needs at least {size} high "
+                f"and wide (the official scripts resize references to a shorter side of {HISD_REFERENCE_SIZE})."
+            )
+        return reference.detach()
+
+    # ------------------------------------------------------------------------------------------------------ edits
     def _run(self, x: torch.Tensor, condition: HiSDCondition | Sequence[HiSDCondition]) -> torch.Tensor:
         steps = [condition] if isinstance(condition, HiSDCondition) else list(condition)
         if not steps or not all(isinstance(step, HiSDCondition) for step in steps):
@@ -668,18 +776,23 @@ class HiSDEditor(Editor):
         return generator.decode(e)
 
     def conditions(self, labels: torch.Tensor, seed: int = 0) -> list[HiSDCondition]:
-        """The official latent-guided test protocol: one :class:`HiSDCondition` per (tag, attribute) pair, in tag then
-        attribute order (7 for the celeba-hq tags), each with its own noise ``z`` [N, noise_dim] drawn from a
+        """The edits of the test protocol for a batch with source ``labels`` [N, len(attribute_names)] (0/1; they are
+        validated and give the batch size N; HiSD's edits do not depend on the source attributes).
+
+        Latent-guided (no references): one :class:`HiSDCondition` per (tag, attribute) pair, in tag then attribute
+        order (7 for the celeba-hq tags), each with its own noise ``z`` [N, noise_dim] drawn from a
         ``torch.Generator`` seeded with ``seed`` (same seed, same conditions; drawn on the CPU, then moved to the
         editor's device).
 
-        ``labels`` [N, len(attribute_names)] 0/1 are validated and give the batch size N; HiSD's edits do not depend
-        on the source attributes.
+        Reference-guided (:attr:`references` set): one ``HiSDCondition(tag=reference_tag, reference=r)`` per
+        reference image r [1, 3, H, W] (moved to the editor's device, shared by the N images); ``seed`` is unused.
         """
         labels = check_labels(labels, self.attribute_names)
         n = labels.shape[0]
-        rng = torch.Generator().manual_seed(int(seed))
         device = self.device
+        if self._references is not None:
+            return [HiSDCondition(tag=self._reference_tag, reference=r.to(device)) for r in self._references]
+        rng = torch.Generator().manual_seed(int(seed))
         out = []
         for tag, (_, attributes) in enumerate(self.generator.tags):
             for attribute in range(len(attributes)):
@@ -687,11 +800,27 @@ class HiSDEditor(Editor):
                 out.append(HiSDCondition(tag=tag, attribute=attribute, z=z))
         return out
 
+    def describe(self) -> dict[str, Any]:
+        """The editor's settings as plain values (what a run records): name, guidance, and for reference-guided
+        edits the tag and the reference sizes."""
+        record: dict[str, Any] = {"name": self.name, "guidance": self.guidance}
+        if self._references is not None:
+            record.update(reference_tag=self.generator.tags[self._reference_tag][0],
+                          references=[list(r.shape[2:]) for r in self._references])
+        return record
+
+    def __repr__(self) -> str:
+        extra = "" if self._references is None else f", {len(self._references)} references"
+        return f"{super().__repr__()[:-1]}, guidance={self.guidance!r}{extra})"
+
 
 def build_editor(
-    checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    references: Sequence[torch.Tensor] | None = None,
 ) -> HiSDEditor:
-    """The official 256x256 HiSD (celeba-hq) editor.
+    """The official 256x256 HiSD (celeba-hq) editor; ``references`` (image tensors, see :class:`HiSDEditor`) makes
+    its conditions reference-guided hair-colour edits, the LoRA-Patching paper's protocol.
 
     ``checkpoint``: path to an official file (``checkpoint_256_celeba-hq.pt`` or ``gen_%08d.pt``), a dict
     ``{'gen': ..., 'gen_test': ...}``; the EMA weights ``'gen_test'`` are loaded strictly, as the official test does.
@@ -709,9 +838,10 @@ def build_editor(
         obj = read_checkpoint(checkpoint, map_location=device or "cpu")
         state = pick_state_dict(obj, _CHECKPOINT_KEY, _MODEL_NAME, checkpoint)
         load_into(generator, state, _MODEL_NAME, checkpoint)
+    editor = HiSDEditor(generator, references=references)
     if device is not None:
         generator.to(device)
-    return HiSDEditor(generator)
+    return editor
 
 
 register_layout("hisd", lambda: HiSDGenerator())

@@ -15,6 +15,7 @@ Reads as the life of a patch file::
     inspect    inspect_patch: describe a directory or Hub repo without loading weights
     card       the generated model card
     push       push_patch
+    official   import_official_patch / export_official_patch: the paper authors' saved patches (official layout)
 """
 
 from ..tuner.fingerprint import ALLOW_MISMATCH_ENV, base_fingerprint, verify_injection_fingerprint
@@ -41,6 +42,7 @@ from .hub import pull_patch
 from .hub_common import PatchIntegrityError
 from .inspect import inspect_patch
 from .load import load_patch
+from .official import OfficialPatchError, export_official_patch, import_official_patch
 from .pull_out import copy_pulled_patch
 from .push import push_patch
 from .save import save_patch
@@ -61,6 +63,7 @@ __all__ = [
     "MissingFingerprintError",
     "MissingFingerprintWarning",
     "NonFinitePatchError",
+    "OfficialPatchError",
     "PatchConfigError",
     "PatchIntegrityError",
     "PatchFileError",
@@ -72,6 +75,8 @@ __all__ = [
     "UnsafePatchFileError",
     "base_fingerprint",
     "copy_pulled_patch",
+    "export_official_patch",
+    "import_official_patch",
     "inspect_patch",
     "load_patch",
     "make_model_card",

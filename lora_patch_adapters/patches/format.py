@@ -223,9 +223,10 @@ def read_config(path: str) -> tuple[LoraPatchConfig, dict[str, Any]]:
         config = LoraPatchConfig(**known)
     except (TypeError, ValueError) as exc:
         raise PatchConfigError(f"{file}: {one_line(exc, 240)}") from exc
-    scale = config.scale
+    scale = config.max_scale
     if not (math.isfinite(scale) and abs(scale) <= MAX_SCALE):
-        rule = "lora_alpha / sqrt(r)" if config.scaling == "sqrt_rank" else "lora_alpha / r"
+        rule = {"sqrt_rank": "lora_alpha / sqrt(r)", "rank": "lora_alpha / r",
+                "official": "lora_alpha on Linear layers, lora_alpha / sqrt(r) on convolutions"}[config.scaling]
         raise PatchConfigError(
             f"{file}: lora_alpha={config.lora_alpha!r} with r={config.r} gives a scale ({rule}) of {scale:.3g}, above "
             f"the limit {MAX_SCALE:g}; such a patch turns outputs into NaN/Inf: re-save the patch with a sane "

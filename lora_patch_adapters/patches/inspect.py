@@ -96,7 +96,10 @@ def describe_patch_dir(path: str) -> dict[str, Any]:
                                          "forward_mode", "include_linear") if k in config}
     if isinstance(config.get("r"), int) and config.get("lora_alpha"):
         alpha, r = float(config["lora_alpha"]), config["r"]
-        patch["scale"] = alpha / (r ** 0.5 if config.get("scaling", "sqrt_rank") == "sqrt_rank" else r)
+        rule = config.get("scaling", "sqrt_rank")
+        patch["scale"] = alpha / (r if rule == "rank" else r ** 0.5)  # of a convolution layer
+        if rule == "official":  # the paper's code: Linear layers are not divided
+            patch["linear_scale"] = alpha
     generator = (record.get("generator") or card.get("base_generator")
                  or (config.get("auto_mapping") or {}).get("base_model_class"))
     fingerprint, fingerprint_source = _fingerprint(sidecar, config, card)

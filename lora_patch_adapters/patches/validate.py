@@ -268,8 +268,8 @@ def _check_weights_digest(config: LoraPatchConfig, config_file: str, weights_fil
         raise PatchFileError(
             f"{weights_file}: is not the weights file {config_file} was saved with (its weights_sha256 "
             f"{config.weights_sha256[:12]}..., this file {str(found)[:12]}...): a save interrupted between the two "
-            "files, or files of two saves mixed. Re-save the patch, or re-download it (if you rewrote the weights file on "
-            "purpose, set weights_sha256 to null in the config)."
+            "files, or files of two saves mixed. Re-save the patch, or re-download it (if you rewrote the weights "
+            "file on purpose, set weights_sha256 to null in the config)."
         )
 
 

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from .._checks import one_line
 from ..defenses.plugins import builtin_defense
 from ..evaluation import compare, evaluate_defense, evaluate_watermark
-from ..generators import EDITOR_NAMES
+from ..evaluation.protocol import CRITERIA
+from ..generators import EDITOR_NAMES, load_editor
 from ..patches import load_patch, read_patch_info
 from ..patches.format import CONFIG_NAME
 from ..training import Watermark
@@ -28,6 +31,8 @@ from .summary import RunSummary
 from .train import evaluation_rows, versions_line, visibility_rows
 
 SCENARIOS = ("default", "leakage", "both")
+_CRITERION_WORDS = {"mse": "MSE to the clean edit",
+                    "masked_l2": "masked L2 to the clean edit (CMUA-Watermark: pixels the clean edit changed)"}
 
 
 @dataclass
@@ -47,6 +52,8 @@ class EvaluateSettings(Inputs):
     batch_size: int = 16
     no_progress: bool = False
     allow_missing_fingerprint: bool = False  # a patch recording no base fingerprint (older saves) loads unchecked
+    criterion: str = "mse"  # "masked_l2": CMUA-Watermark's masked criterion decides what counts as disrupted
+    cmua_editor: list[str] | None = None  # "NAME" or "NAME=CHECKPOINT": more editors CMUA is fitted across
     command: str = "evaluate"
     argv: list[str] = field(default_factory=list)
 
@@ -59,6 +66,22 @@ def patch_provenance(path: str) -> dict[str, Any]:
         raise RunInputError(f"{path!r} is not a patch directory (no {CONFIG_NAME}; train one with lora-patch train)")
     training = read_patch_info(path).get("training")
     return training if isinstance(training, dict) else {}
+
+
+def _cmua_editor(spec: str, s: EvaluateSettings) -> Any:
+    """``NAME`` or ``NAME=CHECKPOINT`` of ``--cmua-editor``: an editor CMUA is fitted across (random weights, drawn
+    from the seed, when no checkpoint is given)."""
+    name, _, checkpoint = spec.partition("=")
+    if name not in EDITOR_NAMES:
+        raise RunInputError(f"--cmua-editor {spec!r}: unknown generator {name!r}; choose from "
+                            f"{', '.join(EDITOR_NAMES)} (NAME or NAME=CHECKPOINT)")
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise RunInputError(f"--cmua-editor {spec!r}: no such checkpoint file {checkpoint!r}")
+    torch.manual_seed(s.seed)
+    try:
+        return load_editor(name, checkpoint=checkpoint or None, device=s.device)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        raise RunInputError(f"--cmua-editor {spec!r}: {one_line(exc, 400)}") from exc
 
 
 def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print) -> RunSummary:
@@ -79,11 +102,18 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
     s.defense = names
     scenarios = ["default", "leakage"] if s.scenario == "both" else [s.scenario]
 
-    defenses = [builtin_defense(name, eps=s.eps, steps=s.steps, seed=s.seed) for name in names]
+    if s.criterion not in CRITERIA:
+        raise RunInputError(f"--criterion {s.criterion!r}: choose one of {', '.join(CRITERIA)}")
+    if s.cmua_editor and "cmua" not in names:
+        raise RunInputError("--cmua-editor applies to --defense cmua only; add it, or drop --cmua-editor")
     watermark = None
     if meta.get("kind") == "watermark":
         watermark = Watermark.from_dict(meta["watermark"]) if isinstance(meta.get("watermark"), dict) else Watermark()
+    cmua_across = [_cmua_editor(spec, s) for spec in s.cmua_editor or []]
     editor, base = s.editor(), s.editor()
+    defenses = [builtin_defense(name, eps=s.eps, steps=s.steps, seed=s.seed,
+                                editors=[base, *cmua_across] if name == "cmua" and cmua_across else None)
+                for name in names]
     try:
         # validated before it touches the generator; patches it in place
         load_patch(editor, s.patch, allow_missing_fingerprint=s.allow_missing_fingerprint)
@@ -110,7 +140,7 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
                 results.append(evaluate_defense(
                     defense, base, images, labels, patched=editor, scenario=scenario, batch_size=s.batch_size,
                     fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path,
-                    progress=not s.no_progress))
+                    progress=not s.no_progress, criterion=s.criterion))
         echo(compare(results))
         header, rows = evaluation_rows(results)
         summary = RunSummary(command=s.command, seed=s.seed, device=s.device, data=data_desc, argv=list(s.argv),
@@ -139,7 +169,7 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
         summary.report = "\n".join([
             f"# lora-patch evaluate: {s.patch} on {s.generator}", "",
             (f"{data_desc}. Default scenario: the perturbation is computed on the base generator; leakage: on the "
-             f"patched generator. Success = MSE to the clean edit > {results[0].threshold:g}."), "",
+             f"patched generator. Success = {_CRITERION_WORDS[s.criterion]} > {results[0].threshold:g}."), "",
             *body, "",
             f"![input / protected / base clean / base protected / patched clean / patched protected]({reporting.GRID})",
             "", f"command: `{shlex.join(['lora-patch', *s.argv])}`", "", versions_line(s),

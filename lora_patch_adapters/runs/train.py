@@ -28,6 +28,7 @@ from ..losses import MMFALoss
 from ..patches import save_patch
 from ..patches.format import SIDECAR_NAME
 from ..training import BypassTrainer, NonFiniteLossError, TrainingConfig, Watermark, WatermarkTrainer
+from ..training.config import PRESETS as TRAINING_PRESETS
 from ..tuner.config import LoraPatchConfig
 from ..tuner.fingerprint import RANK_RULE, discover_target_modules, rank_bound, resolve_targets
 from ..version import __version__
@@ -54,15 +55,15 @@ class TrainSettings(Inputs):
     batch_size: int = 4
     lr: float = 1e-3
     lr_schedule: str = "constant"
-    schedule: str = "batched"
+    schedule: str | None = None  # None: the recipe's (per_condition; batched with fast)
     grad_clip: float | None = None
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     resume: str | None = None
     force_resume: bool = False
     no_progress: bool = False
-    fast: bool | None = None
-    precision: str = "auto"
+    fast: bool = False  # the opt-in "fast" training preset instead of the paper's
+    precision: str | None = None  # None: the recipe's (fp32; auto with fast)
     compile: str | None = None
     cache_references: bool = False
     preset: str = "paper"
@@ -89,6 +90,11 @@ class TrainSettings(Inputs):
     argv: list[str] = field(default_factory=list)
 
 
+def _recipe_words(config: TrainingConfig) -> str:
+    name = config.preset_name()
+    return f"the {name!r} recipe" if name else "a custom recipe: not one of the training presets"
+
+
 def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> RunSummary:
     """Train, save ``out/patch``, evaluate, write ``summary.json`` / ``report.md`` / ``grid.png`` into ``out``.
 
@@ -106,11 +112,14 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
                               strength=s.strength)
     overrides = {k: v for k, v in (("r", s.rank), ("init_weights", s.init), ("gate", s.gate)) if v is not None}
     patch_config = LoraPatchConfig.from_preset(s.preset, **overrides)
-    config = TrainingConfig(epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr,
-                            lr_schedule=s.lr_schedule, schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip,
-                            checkpoint_every=s.checkpoint_every, keep_checkpoints=s.keep_checkpoints,
-                            progress=not s.no_progress, fast=s.fast, precision=s.precision, compile=s.compile,
-                            cache_references=s.cache_references, force_resume=s.force_resume)
+    recipe = "fast" if s.fast else ("paper-defensive" if s.kind == "watermark" else "paper")
+    s.schedule = s.schedule or TRAINING_PRESETS[recipe]["schedule"]
+    s.precision = s.precision or TRAINING_PRESETS[recipe]["precision"]
+    config = TrainingConfig.from_preset(
+        recipe, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr, lr_schedule=s.lr_schedule,
+        schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every,
+        keep_checkpoints=s.keep_checkpoints, progress=not s.no_progress, precision=s.precision, compile=s.compile,
+        cache_references=s.cache_references, force_resume=s.force_resume)
     attack = PGD(eps=s.eps, steps=s.pgd_steps, step_size=s.pgd_step_size, seed=s.seed)
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)
@@ -146,6 +155,8 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
                   "command": ["lora-patch", *s.argv], "version": __version__}
     if watermark is not None:
         provenance["watermark"] = watermark.to_dict()
+    if callable(getattr(editor, "describe", None)):  # AttGAN targets, HiSD guidance: which edits it was trained on
+        provenance["edits"] = editor.describe()
     patch_dir = save_patch(trainer, os.path.join(s.out, "patch"), metadata=provenance)
     summary = RunSummary(command=s.command, seed=s.seed, device=s.device, data=data_desc, argv=list(s.argv),
                          arguments=_arguments(s), outputs={"patch": patch_dir})
@@ -163,7 +174,8 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
     grid_path = os.path.join(s.out, reporting.GRID)
     summary.results = {"kind": s.kind, "generator": s.generator, "patch": patch_dir,
                        "patch_config": {k: v for k, v in patch_config.to_dict().items() if _plain(v)},
-                       "training_config": config.to_dict(), "loss": loss.weights,
+                       "training_config": config.to_dict(), "training_preset": config.preset_name(),
+                       "loss": loss.weights,
                        "inner_attack": repr(trainer.attack), "training": training,
                        "eval_images": int(eval_x.shape[0]), "eval_defense": repr(defense)}
     protocol = (f"PGD (eps {s.eps:g}, {s.pgd_steps} x {s.pgd_step_size:g})")
@@ -183,7 +195,8 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
         f"- data: {data_desc}",
         (f"- patch: `{patch_dir}` ({s.preset}, rank {patch_config.r}, gate {patch_config.gate}, init "
          f"{patch_config.init_weights})"),
-        (f"- training: {result.steps} steps, batch {s.batch_size}, lr {s.lr:g} ({s.lr_schedule}), {s.schedule}; "
+        (f"- training ({_recipe_words(config)}): {result.steps} steps, batch {s.batch_size}, lr {s.lr:g} "
+         f"({s.lr_schedule}), {s.schedule}, {s.precision}; "
          f"inner PGD-{s.pgd_steps} eps {s.eps:g}; loss "
          + " + ".join(f"{w:g} {term}" for term, w in loss.weights.items() if w > 0)),
         (f"- loss {first} -> {result.final_loss:.4f}; max gradient norm "

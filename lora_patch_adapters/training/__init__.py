@@ -10,6 +10,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
 )
+from .config import PRESETS as TRAINING_PRESETS
 from .config import SCHEDULES, TrainingConfig
 from .defensive import WatermarkTrainer
 from .seeding import derive_seed, seed_everything
@@ -18,6 +19,7 @@ from .watermark import Watermark
 
 __all__ = [
     "SCHEDULES",
+    "TRAINING_PRESETS",
     "BypassTrainer",
     "CheckpointError",
     "CheckpointMismatchError",

@@ -22,13 +22,34 @@ def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
     check_number(value, f"TrainingConfig.{name}", allow_none=allow_none)
 
 
+_PAPER: dict[str, Any] = {
+    "epochs": 1, "batch_size": 4, "lr": 1e-3, "betas": (0.5, 0.999), "lr_schedule": "constant",
+    "schedule": "per_condition", "seed": 42, "fast": False, "precision": "fp32", "channels_last": False,
+    "compile": None, "grad_clip": None,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    # Qu et al. (arXiv 2510.03747) and their code: Adam lr 1e-3, betas (0.5, 0.999), batch 4, one epoch over 1000
+    # images, seed 42, one optimiser step per (batch, target condition), fp32.
+    "paper": _PAPER,
+    # The paper's defensive (warning) patch: the same loop for 5 epochs (the patch itself is rank 16: the
+    # LoraPatchConfig preset of the same name).
+    "paper-defensive": {**_PAPER, "epochs": 5},
+    # Opt-in throughput: every target condition of a batch in one forward and one optimiser step, no host syncs per
+    # step, fused Adam, bf16 autocast and channels_last where the device has them. Not the paper's recipe: see
+    # benchmarks/README.md for its measured quality gap.
+    "fast": {**_PAPER, "schedule": "batched", "fast": True, "precision": "auto", "channels_last": None},
+}
+"""Named training recipes for :meth:`TrainingConfig.from_preset`; the dataclass defaults are ``"paper"``."""
+
+
 @dataclass
 class TrainingConfig:
-    """How a patch is trained (the defaults are the paper's: Adam 1e-3, betas 0.5/0.999, batch 4, one epoch, seed 42).
+    """How a patch is trained. The defaults are the paper's recipe (preset ``"paper"``: Adam 1e-3, betas 0.5/0.999,
+    batch 4, one epoch, seed 42, one optimiser step per target condition, fp32, no fast path) on every device.
 
-    A *step* is one batch: in the ``"batched"`` schedule all target conditions of the batch go through the generator
-    together (N images x T conditions in one forward) and the optimiser steps once; ``"per_condition"`` reproduces
-    the paper's schedule, one optimiser step per (batch, condition).
+    A *step* is one batch: ``"per_condition"`` (the paper's schedule) takes one optimiser step per (batch, target
+    condition); in the ``"batched"`` schedule all target conditions of the batch go through the generator together
+    (N images x T conditions in one forward) and the optimiser steps once.
     """
 
     epochs: int = 1
@@ -37,7 +58,7 @@ class TrainingConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"  # "cosine": decay to 0 over the run (a function of the step: resume-safe)
     betas: tuple[float, float] = (0.5, 0.999)
-    schedule: str = "batched"
+    schedule: str = "per_condition"
     seed: int = 42
     grad_clip: float | None = None  # max global L2 norm of the patch gradient; None: no clipping
     log_every: int = 10  # history keeps every step; the progress bar / log line refreshes this often
@@ -45,10 +66,11 @@ class TrainingConfig:
     keep_checkpoints: int = 2  # the most recent checkpoints kept on disk
     force_resume: bool = False  # resume even from a checkpoint of another run configuration (patch, schedule, data)
     progress: bool = True  # show a tqdm progress bar
-    # ---- the fast path (see lora_patch_adapters.training.runtime); None / "auto": on for CUDA devices, off otherwise
-    fast: bool | None = None  # no host syncs per step (records read back every log_every steps), fused Adam
-    precision: str = "auto"  # "bf16": bf16 autocast; "fp32"; "auto": bf16 on the fast path where the device has it
-    channels_last: bool | None = None  # NHWC activations and kernels; None: follows ``fast``
+    # ---- the fast path (see lora_patch_adapters.training.runtime), opt-in: preset "fast", or fast=True
+    fast: bool | None = False  # no host syncs per step (records read back every log_every steps), fused Adam;
+    #                            None: on for CUDA devices, off otherwise
+    precision: str = "fp32"  # "bf16": bf16 autocast; "fp32"; "auto": bf16 on the fast path where the device has it
+    channels_last: bool | None = False  # NHWC activations and kernels; None: follows ``fast``
     compile: str | None = None  # torch.compile mode for the generator ("default", "reduce-overhead" = CUDA graphs,
     #                             "max-autotune"); None: eager
     cache_references: bool = False  # keep the frozen base's clean edits across epochs (needs deterministic data)
@@ -86,6 +108,21 @@ class TrainingConfig:
         for name in ("cache_references", "force_resume"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainingConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainingConfig:
+        """A named recipe (``"paper"``, ``"paper-defensive"``, ``"fast"``; see :data:`PRESETS`) with field
+        overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown training preset {name!r}; known: {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def preset_name(self) -> str | None:
+        """The preset whose fields this config has (ignoring run bookkeeping: steps, logging, checkpoints), or None."""
+        for name, values in PRESETS.items():
+            if all(getattr(self, key) == (tuple(value) if key == "betas" else value) for key, value in values.items()):
+                return name
+        return None
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """The learning rate of 0-based ``step`` out of ``total_steps``."""

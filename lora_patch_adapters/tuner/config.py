@@ -16,7 +16,7 @@ from peft.config import PeftConfig
 from .._io import fsync_path
 from .registry import ensure_peft_type
 
-GATE_TYPES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
+GATE_TYPES = ("none", "basic", "input_adaptive", "input_adaptive_channel", "input_adaptive_pixel")
 """Accepted values of ``LoraPatchConfig.gate``."""
 
 MERGEABLE_GATES = ("none", "basic")
@@ -48,22 +48,24 @@ def weights_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
-SCALING_RULES = ("sqrt_rank", "rank")
+SCALING_RULES = ("sqrt_rank", "rank", "official")
+"""How ``lora_alpha`` becomes a layer's scale; see :meth:`LoraPatchConfig.layer_scale`."""
 INIT_SCHEMES = ("zero", "kaiming")
 FORWARD_MODES = ("fused", "two_branch")
 
 _PAPER_BYPASS: dict[str, Any] = dict(
     r=8,
     lora_alpha=2.0,
-    scaling="sqrt_rank",
+    scaling="official",
     gate="basic",
     gate_init=-1.0,
     init_weights="kaiming",
     include_linear=True,
 )
 PRESETS: dict[str, dict[str, Any]] = {
-    # The bypass patch of Qu et al. (arXiv 2510.03747): rank 8, alpha 2, alpha/sqrt(r), basic gate at -1,
-    # A and B Kaiming-uniform, every Conv2d, ConvTranspose2d and Linear layer.
+    # The bypass patch of Qu et al. (arXiv 2510.03747): rank 8, alpha 2, the official code's scaling (alpha/sqrt(r)
+    # on Conv2d/ConvTranspose2d, alpha on Linear), basic gate at -1, A and B Kaiming-uniform, every Conv2d,
+    # ConvTranspose2d and Linear layer.
     "paper": _PAPER_BYPASS,
     # The paper's defensive (watermark) patch: the same recipe at rank 16.
     "paper-defensive": {**_PAPER_BYPASS, "r": 16},
@@ -84,8 +86,9 @@ class LoraPatchConfig(PeftConfig):
     scaling: str = field(
         default="sqrt_rank",
         metadata={
-            "help": "How alpha becomes the scale: 'sqrt_rank' = alpha / sqrt(r) (the paper's rule), "
-            "'rank' = alpha / r (PEFT LoRA's rule)."
+            "help": "How alpha becomes the scale: 'sqrt_rank' = alpha / sqrt(r) (the paper's rule for convolutions), "
+            "'rank' = alpha / r (PEFT LoRA's rule), 'official' = the paper's code: alpha / sqrt(r) on Conv2d and "
+            "ConvTranspose2d layers, alpha (no division) on Linear layers."
         },
     )
     gate: str = field(
@@ -94,8 +97,10 @@ class LoraPatchConfig(PeftConfig):
             "help": "Gate multiplying the update. 'basic': one learnable scalar per layer, sigmoid(g). "
             "'input_adaptive': sigmoid(w * mean(update) + b), a per-sample scalar (per row for Linear) from a "
             "learnable 1->1 affine. 'input_adaptive_channel': per-channel sigmoid of a learnable 1x1 conv (Linear "
-            "for Linear layers) applied to the spatially pooled update. 'none': no gate (factor 1). Only 'none' "
-            "and 'basic' can be merged into the base weights."
+            "for Linear layers) applied to the spatially pooled update. 'input_adaptive_pixel': the paper's code's "
+            "'input_ada_channel': sigmoid of a learnable 1x1 conv (CxC) applied to the update at every pixel (Linear: "
+            "a CxC Linear on the update), reading the update before the scale, as the official code does. 'none': "
+            "no gate (factor 1). Only 'none' and 'basic' can be merged into the base weights."
         },
     )
     gate_init: float = field(
@@ -230,10 +235,25 @@ class LoraPatchConfig(PeftConfig):
 
     @property
     def scale(self) -> float:
-        """The factor applied to ``B(A x)`` before the gate: alpha/sqrt(r) or alpha/r."""
-        if self.scaling == "sqrt_rank":
-            return float(self.lora_alpha) / float(self.r) ** 0.5
-        return float(self.lora_alpha) / float(self.r)
+        """The factor applied to ``B(A x)`` of a Conv2d / ConvTranspose2d layer: alpha/sqrt(r) (``"sqrt_rank"``,
+        ``"official"``) or alpha/r (``"rank"``). Linear layers may differ: see :meth:`layer_scale`."""
+        return self.layer_scale(linear=False)
+
+    def layer_scale(self, linear: bool) -> float:
+        """The factor applied to ``B(A x)`` in one layer: ``linear`` for nn.Linear layers, else convolutions.
+        ``"sqrt_rank"``: alpha/sqrt(r); ``"rank"``: alpha/r; ``"official"``: alpha/sqrt(r) on convolutions and alpha
+        on Linear layers (the paper's code divides only its convolution patches)."""
+        alpha, r = float(self.lora_alpha), float(self.r)
+        if self.scaling == "rank":
+            return alpha / r
+        if self.scaling == "official" and linear:
+            return alpha
+        return alpha / r**0.5
+
+    @property
+    def max_scale(self) -> float:
+        """The largest scale any layer type gets under this config (for bounds checks)."""
+        return max(self.layer_scale(linear=False), self.layer_scale(linear=True))
 
     @property
     def is_mergeable(self) -> bool:

@@ -1,5 +1,8 @@
 """Gates that scale a patch's update: ``y = base(x) + gate(u) * u`` with ``u = scale * B(A x)``.
 
+A gate whose class sets ``reads_unscaled = True`` (only ``input_adaptive_pixel``) is computed from the update before
+the scale, ``y = base(x) + gate(B(A x)) * u``, as the paper's official code computes its gates.
+
 Each gate is a small ``nn.Module`` (stored per adapter in a ``ModuleDict``). Input-independent gates (``none``,
 ``basic``) also expose :meth:`Gate.factor`, which is what lets a patch be fused into, or merged with, the base weight.
 
@@ -19,6 +22,9 @@ class Gate(nn.Module):
     """Base class. ``forward(update)`` returns a factor broadcastable to ``update``."""
 
     input_independent: bool = False
+    reads_unscaled: bool = False
+    """True: ``forward`` receives ``B(A x)`` before the scale (the official code's convention); else the scaled
+    update."""
 
     def _load_from_state_dict(
         self,
@@ -127,6 +133,28 @@ class ChannelGate(Gate):
         return torch.sigmoid(F.linear(update, self.weight, self.bias)).to(update.dtype)
 
 
+class PixelGate(ChannelGate):
+    """``gate='input_adaptive_pixel'``: the official code's ``input_ada_channel`` gate, one value per output channel
+    *and position*.
+
+    Conv layers: ``sigmoid(conv1x1(v))`` with ``v = B(A x)`` [N, C, H, W] the update before the scale, i.e.
+    ``g[n, o, h, w] = sigmoid(sum_c W[o, c] v[n, c, h, w] + b[o])``, shape [N, C, H, W]. Linear layers:
+    ``sigmoid(W @ v + b)`` per row. ``W`` [C, C] (the official ``gate_conv.weight`` [C, C, 1, 1] reshaped, or
+    ``gate_fc.weight``) starts at zero and ``b`` [C] at ``gate_init``. Reading the unscaled update is what the
+    official code does, so its weights carry over unchanged.
+    """
+
+    reads_unscaled = True  # parameters as in ChannelGate; only the forward differs
+
+    def forward(self, update: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.to(update.dtype), self.bias.to(update.dtype)
+        if self.spatial:  # a 1x1 convolution: the same CxC map at every position
+            logits = F.conv2d(update, weight[:, :, None, None], bias)
+        else:
+            logits = F.linear(update, weight, bias)
+        return torch.sigmoid(logits)
+
+
 def make_gate(kind: str, gate_init: float, channels: int, spatial: bool) -> Gate:
     """Build the gate named ``kind`` for a layer with ``channels`` output channels (``spatial``: conv layer)."""
     if kind == "none":
@@ -137,7 +165,10 @@ def make_gate(kind: str, gate_init: float, channels: int, spatial: bool) -> Gate
         return InputAdaptiveGate(gate_init, reduce_dims=(1, 2, 3) if spatial else (-1,))
     if kind == "input_adaptive_channel":
         return ChannelGate(gate_init, channels, spatial)
+    if kind == "input_adaptive_pixel":
+        return PixelGate(gate_init, channels, spatial)
     raise ValueError(
-        f"Unknown gate {kind!r}; choose one of 'none', 'basic', 'input_adaptive', 'input_adaptive_channel'."
+        f"Unknown gate {kind!r}; choose one of 'none', 'basic', 'input_adaptive', 'input_adaptive_channel', "
+        "'input_adaptive_pixel'."
     )
 

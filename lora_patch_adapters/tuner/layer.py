@@ -8,7 +8,9 @@ the output channels. Merged kernels:
 * ConvTranspose2d ``dW[i,o,k,l] = sum_r A[i,r,k,l] B[o,r]``
 * Linear          ``dW = B @ A``
 
-and ``W' = W + gate * scale * dW``. For input-independent gates the unmerged forward folds the patch into the kernel
+and ``W' = W + gate * scale * dW``. ``scale`` comes from the config per layer type
+(:meth:`~lora_patch_adapters.tuner.config.LoraPatchConfig.layer_scale`: ``"official"`` scaling gives Linear layers
+alpha and convolutions alpha/sqrt(r)). For input-independent gates the unmerged forward folds the patch into the kernel
 on the fly (``forward_mode='fused'``): one convolution instead of three, the same result up to float rounding, still
 trainable and leaving the base weights untouched.
 """
@@ -26,6 +28,16 @@ from torch import nn
 
 from .config import LoraPatchConfig, unmergeable_gate_error
 from .gates import Gate, make_gate
+
+
+def kaiming_uniform_bound(fan_in: int, a: float = math.sqrt(5)) -> float:
+    """The bound of ``nn.init.kaiming_uniform_(w, a=a)`` for a fan-in of ``fan_in``: ``gain * sqrt(3 / fan_in)`` with
+    ``gain = sqrt(2 / (1 + a^2))``; for the default ``a = sqrt(5)`` that is ``1 / sqrt(fan_in)``. Computed in the same
+    order as torch does, so that layers whose fan-in torch gets right draw bit-identical values."""
+    if fan_in <= 0:
+        raise ValueError(f"kaiming_uniform_bound: fan_in must be > 0, got {fan_in}.")
+    gain = math.sqrt(2.0 / (1 + a**2))
+    return math.sqrt(3.0) * (gain / math.sqrt(fan_in))
 
 
 class GatedLoraLayer(BaseTunerLayer):
@@ -61,11 +73,17 @@ class GatedLoraLayer(BaseTunerLayer):
 
     spatial = True  # conv layers; Linear overrides
 
+    def _a_fan_in(self) -> int:
+        """Fan-in of ``A`` as the paper's code draws it: ``in * kh * kw`` for Conv2d *and* ConvTranspose2d (its A is
+        drawn as an (r, in*kh*kw) matrix, whatever the layout it is stored in), ``in`` for Linear."""
+        kernel = getattr(self.get_base_layer(), "kernel_size", ())
+        return self.in_features * math.prod(kernel)
+
     def update_layer(self, adapter_name: str, config: LoraPatchConfig) -> None:
         """Create (or replace) the adapter ``adapter_name`` on this layer from ``config``."""
         self.r[adapter_name] = config.r
         self.lora_alpha[adapter_name] = float(config.lora_alpha)
-        self.scaling[adapter_name] = config.scale
+        self.scaling[adapter_name] = config.layer_scale(linear=not self.spatial)
         self.gate_type[adapter_name] = config.gate
         self.forward_mode[adapter_name] = config.forward_mode
         self.lora_patch_A[adapter_name] = self._make_A(config.r)
@@ -84,16 +102,22 @@ class GatedLoraLayer(BaseTunerLayer):
 
     def reset_patch_parameters(self, adapter_name: str, init_weights: str) -> None:
         """Initialise A (Kaiming-uniform) and B (zeros for ``"zero"``, Kaiming-uniform for ``"kaiming"``); a no-op
-        for an adapter created on the meta device (its values come from the loaded file)."""
+        for an adapter created on the meta device (its values come from the loaded file).
+
+        The bounds are computed here from the paper's fan-ins, not from the stored layouts: A uniform in
+        ``±1/sqrt(in*kh*kw)`` (``in`` for Linear; a ConvTranspose2d's A is stored [in, r, kh, kw], whose layout fan-in
+        ``r*kh*kw`` torch would use), B uniform in ``±1/sqrt(r)``."""
         a = self.lora_patch_A[adapter_name].weight
         b = self.lora_patch_B[adapter_name].weight
         if a.is_meta or b.is_meta:
             return
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        if init_weights == "zero":
-            nn.init.zeros_(b)
-        else:
-            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        with torch.no_grad():
+            a.uniform_(-kaiming_uniform_bound(self._a_fan_in()), kaiming_uniform_bound(self._a_fan_in()))
+            if init_weights == "zero":
+                b.zero_()
+            else:
+                fan_in = b.shape[1]  # r: B is [out, r] (Linear) or [out, r, 1, 1]
+                b.uniform_(-kaiming_uniform_bound(fan_in), kaiming_uniform_bound(fan_in))
 
     # -------------------------------------------------------------------------------------------------------- maths
     @abstractmethod
@@ -155,9 +179,13 @@ class GatedLoraLayer(BaseTunerLayer):
     def _forward_with_weight(self, x: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The base layer's operation with ``weight`` in place of its own kernel (same bias and geometry)."""
 
+    def _low_rank(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``B(A(x))``, before the scale."""
+        return self.lora_patch_B[adapter_name](self.lora_patch_A[adapter_name](x))
+
     def _update(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``scale * B(A(x))``."""
-        return self.lora_patch_B[adapter_name](self.lora_patch_A[adapter_name](x)) * self.scaling[adapter_name]
+        return self._low_rank(adapter_name, x, *args, **kwargs) * self.scaling[adapter_name]
 
     # ------------------------------------------------------------------------------------------------------ forward
     def patched_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -185,8 +213,10 @@ class GatedLoraLayer(BaseTunerLayer):
         for name in branches:
             a_dtype = self.lora_patch_A[name].weight.dtype
             x_in = x if torch.is_autocast_enabled(x.device.type) else x.to(a_dtype)
-            update = self._update(name, x_in, *args, **kwargs)
-            y = y + (self.lora_patch_gate[name](update) * update).to(y.dtype)
+            gate = self.lora_patch_gate[name]
+            low_rank = self._low_rank(name, x_in, *args, **kwargs)
+            update = low_rank * self.scaling[name]
+            y = y + (gate(low_rank if gate.reads_unscaled else update) * update).to(y.dtype)
         return y
 
     # ------------------------------------------------------------------------------------------------ merge/unmerge
@@ -336,9 +366,9 @@ class ConvTranspose2d(_GatedModule):
             x, weight, base.bias, base.stride, base.padding, output_padding, base.groups, base.dilation
         )
 
-    def _update(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def _low_rank(self, adapter_name: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         low_rank = self.lora_patch_A[adapter_name](x, output_size=self._output_size(args, kwargs))
-        return self.lora_patch_B[adapter_name](low_rank) * self.scaling[adapter_name]
+        return self.lora_patch_B[adapter_name](low_rank)
 
 
 class Linear(_GatedModule):

@@ -194,8 +194,8 @@ class LoraPatchModel(BaseTuner):
                 key = cls._remove_adapter_name_from_key(key, adapter_name)  # the name it has in the file
                 raise NonFiniteAdapterError(
                     f"Adapter {adapter_name!r} tensor {key!r} holds {bad} NaN or infinite value(s) of {total}; "
-                    "refusing to save it; no weights or config file was written. The patch is broken (e.g. training diverged): save "
-                    "an earlier checkpoint, or retrain with a lower learning rate or grad_clip.",
+                    "refusing to save it; no weights or config file was written. The patch is broken (e.g. training "
+                    "diverged): save an earlier checkpoint, or retrain with a lower learning rate or grad_clip.",
                     key,
                     bad,
                     total,

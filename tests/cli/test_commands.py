@@ -207,18 +207,35 @@ def bypass_run(tmp_path_factory) -> Path:
 def test_train_on_the_fast_path(tmp_path):
     parser = cli.build_parser()
     defaults = parser.parse_args(["train", "--out", "x"])
-    assert (defaults.fast, defaults.precision, defaults.compile, defaults.cache_references) == (None, "auto", None,
-                                                                                                 False)
+    # the fast path is opt-in: by default schedule and precision come from the paper's recipe
+    assert (defaults.fast, defaults.schedule, defaults.precision, defaults.compile, defaults.cache_references) == (
+        False, None, None, None, False)
     out = tmp_path / "fast"
     argv = ["train", "--out", str(out), *TINY, "--max-steps", "2", "--fast", "--precision", "bf16",
             "--cache-references"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["training_config"]["fast"] is True and summary["training_config"]["precision"] == "bf16"
+    assert summary["training_config"]["schedule"] == "batched"  # the "fast" recipe's
+    assert summary["training_preset"] is None  # fast, but bf16 forced: not a preset as such
     training = json.loads((out / "patch" / "lora_patch.json").read_text())["training"]
     assert training["runtime"] == {"device": "cpu", "fast": True, "precision": "bf16", "channels_last": True,
                                    "compile": None, "processes": 1}
     assert len(summary["training"]["history"]) == 2
+
+
+def test_train_defaults_to_the_papers_recipe(bypass_run):
+    summary = json.loads((bypass_run / "summary.json").read_text())
+    config = summary["training_config"]
+    paper = {"schedule": "per_condition", "fast": False, "precision": "fp32", "channels_last": False,
+             "betas": [0.5, 0.999], "lr": 1e-3, "batch_size": 4, "seed": 42, "epochs": 1, "compile": None}
+    # the fixture changes only the size of the run (images, batch, epochs, steps, checkpoints)
+    sized = {"batch_size", "epochs"}
+    assert {k: config[k] for k in paper if k not in sized} == {k: v for k, v in paper.items() if k not in sized}
+    assert "per_condition, fp32" in (bypass_run / "report.md").read_text()
+    parser = cli.build_parser()
+    assert parser.parse_args(["train", "--out", "x"]).epochs == 1
+    assert parser.parse_args(["train-defensive", "--out", "x"]).epochs == 5  # the paper's defensive run
 
 
 def _assert_run_files(out: Path) -> dict:
@@ -295,6 +312,34 @@ def test_evaluate_a_saved_patch(bypass_run, tmp_path, capsys):
     err = _one_line_error(capsys, ["evaluate", str(bypass_run / "patch"), "--generator", "attgan", "--out",
                                    str(out)], 1)
     assert "trained on 'testbed'" in err
+
+
+def test_evaluate_cmua_across_editors_with_the_masked_criterion(bypass_run, tmp_path, capsys, monkeypatch):
+    from lora_patch_adapters.defenses import cmua as cmua_module
+
+    fitted_on = []
+    real_fit = cmua_module.CMUA.fit
+
+    def recording_fit(self, data, editors=None, *args, **kwargs):
+        result = real_fit(self, data, editors, *args, **kwargs)
+        fitted_on.append([type(e).__name__ for e in self.editors])
+        return result
+
+    monkeypatch.setattr(cmua_module.CMUA, "fit", recording_fit)
+    out = tmp_path / "cmua"
+    argv = ["evaluate", str(bypass_run / "patch"), "--images", "2", "--steps", "1", "--no-progress", "--defense",
+            "cmua", "--scenario", "default", "--criterion", "masked_l2", "--cmua-editor", "testbed", "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arguments"]["criterion"] == "masked_l2"
+    assert [r["criterion"] for r in summary["results"]] == ["masked_l2"]
+    assert fitted_on and len(fitted_on[0]) == 2  # the evaluated editor and the --cmua-editor one
+    assert "masked L2" in (out / "report.md").read_text()
+    base = ["evaluate", str(bypass_run / "patch"), "--images", "1", "--steps", "1", "--out", str(tmp_path / "x")]
+    err = _one_line_error(capsys, base + ["--defense", "pgd", "--cmua-editor", "testbed"], 1)
+    assert "--cmua-editor applies to --defense cmua only" in err and not (tmp_path / "x").exists()
+    err = _one_line_error(capsys, base + ["--defense", "cmua", "--cmua-editor", "stargann"], 1)
+    assert "unknown generator 'stargann'" in err and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("existing", [False, True])

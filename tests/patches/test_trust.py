@@ -497,3 +497,17 @@ def test_the_config_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         model.peft_config["default"].save_pretrained(str(target))
     assert _tree(tmp_path / "work") == before  # the old config whole, no partial file left
+
+
+def test_the_scale_bound_covers_linear_layers_under_the_official_rule(saved):
+    """``scaling="official"`` leaves Linear patches undivided (alpha), so the bound applies to alpha itself."""
+    _, _, path = saved
+    r = json.loads((path / CONFIG).read_text())["r"]
+    assert 1500.0 / r**0.5 < 1e3 < 1500.0  # within the bound on convolutions, above it on Linear layers
+    _edit_config(path, scaling="official", lora_alpha=1500.0)
+    with pytest.raises(PatchConfigError, match=r"lora_alpha on Linear layers.*1\.5e\+03"):
+        validate_patch(_base(), path)
+    from lora_patch_adapters.patches.inspect import inspect_patch
+
+    info = inspect_patch(str(path))
+    assert info["patch"]["scale"] == pytest.approx(1500.0 / r**0.5) and info["patch"]["linear_scale"] == 1500.0

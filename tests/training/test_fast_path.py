@@ -43,12 +43,13 @@ def test_fast_path_follows_the_standard_path(schedule):
         # then fused vs foreach Adam and two backward passes vs one round differently; Adam's normalised updates
         # carry that into the next steps
         torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-6)
-    # the patched editors agree: same edits up to the drift above (outputs in [-1, 1])
+    # the patched editors agree: same edits up to the drift above (outputs in [-1, 1]); over seeds 0-3 the drift
+    # measured 2e-4..4.3e-3 (mean) and 5e-3..3e-2 (max), depending on the patch's random start
     x, labels = data
     condition = standard.editor.conditions(labels)[0]
     with torch.no_grad():
         difference = (fast.editor.edit(x, condition) - standard.editor.edit(x, condition)).abs()
-    assert difference.mean() < 2e-3 and difference.max() < 3e-2
+    assert difference.mean() < 6e-3 and difference.max() < 5e-2
 
 
 def test_channels_last_and_bf16_switches():
@@ -66,10 +67,12 @@ def test_channels_last_and_bf16_switches():
 def test_automatic_settings_follow_the_device():
     cpu = resolve_runtime(TrainingConfig(), torch.device("cpu"))
     assert (cpu.fast, cpu.amp_dtype, cpu.channels_last) == (False, None, False)
-    forced = resolve_runtime(TrainingConfig(fast=True), torch.device("cpu"))
+    forced = resolve_runtime(TrainingConfig.from_preset("fast"), torch.device("cpu"))
     assert (forced.fast, forced.amp_dtype, forced.channels_last) == (True, None, True)  # bf16 only when asked, on CPU
-    cuda = resolve_runtime(TrainingConfig(), torch.device("cuda"))
-    assert cuda.fast and cuda.channels_last
+    paper = resolve_runtime(TrainingConfig(), torch.device("cuda"))  # the paper's recipe on every device
+    assert (paper.fast, paper.amp_dtype, paper.channels_last) == (False, None, False)
+    automatic = resolve_runtime(TrainingConfig(fast=None, channels_last=None), torch.device("cuda"))
+    assert automatic.fast and automatic.channels_last
 
 
 @pytest.mark.parametrize("field,value", [("fast", "yes"), ("precision", "fp16"), ("compile", "fastest"),

@@ -74,9 +74,11 @@ def test_mergeability_follows_gate():
 def test_paper_preset_reproduces_the_paper_settings():
     c = LoraPatchConfig.from_preset("paper")
     assert (c.r, c.lora_alpha, c.scaling, c.gate, c.gate_init, c.init_weights, c.include_linear) == (
-        8, 2.0, "sqrt_rank", "basic", -1.0, "kaiming", True
+        8, 2.0, "official", "basic", -1.0, "kaiming", True
     )
     assert c.scale == pytest.approx(2.0 / math.sqrt(8))
+    assert c.layer_scale(linear=False) == pytest.approx(2.0 / math.sqrt(8))
+    assert c.layer_scale(linear=True) == pytest.approx(2.0)  # the paper's code does not divide Linear patches
     assert LoraPatchConfig.from_preset("paper-defensive").r == 16
     assert LoraPatchConfig.from_preset("paper", r=4).r == 4
     assert set(PRESETS) == {"paper", "paper-defensive"}

@@ -72,7 +72,7 @@ MODELS: dict[str, tuple[type[nn.Module], Callable[[], torch.Tensor], list[str]]]
     "convtranspose2d": (TransposeNet, lambda: torch.randn(2, 3, 8, 8), ["conv", "up"]),
     "linear": (LinearNet, lambda: torch.randn(4, 6), ["lin0", "lin1"]),
 }
-GATES = ("none", "basic", "input_adaptive", "input_adaptive_channel")
+GATES = ("none", "basic", "input_adaptive", "input_adaptive_channel", "input_adaptive_pixel")
 
 
 @dataclasses.dataclass(frozen=True)

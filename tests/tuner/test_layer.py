@@ -12,7 +12,7 @@ from torch import nn
 from lora_patch_adapters import LoraPatchConfig
 from lora_patch_adapters.tuner.layer import Conv2d, ConvTranspose2d, Linear
 
-GATES = ["none", "basic", "input_adaptive", "input_adaptive_channel"]
+GATES = ["none", "basic", "input_adaptive", "input_adaptive_channel", "input_adaptive_pixel"]
 
 
 def _randomise(layer, name="default"):
@@ -26,7 +26,13 @@ def _randomise(layer, name="default"):
             p.normal_(0, 0.5)
 
 
-def _expected_gate(gate_kind, gate_module, update, spatial):
+def _expected_gate(gate_kind, gate_module, update, spatial, scale=None):
+    if gate_kind == "input_adaptive_pixel":  # the paper's channel gate: on the unscaled update, at every pixel
+        v = update / scale
+        if spatial:
+            return torch.sigmoid(torch.einsum("oc,nchw->nohw", gate_module.weight, v)
+                                 + gate_module.bias[None, :, None, None])
+        return torch.sigmoid(v @ gate_module.weight.T + gate_module.bias)
     if gate_kind == "none":
         return 1.0
     if gate_kind == "basic":
@@ -57,7 +63,7 @@ def test_conv2d_matches_formula(gate, mode, scaling):
     geometry = dict(stride=2, padding=2, dilation=2)
     scale = 1.5 / (math.sqrt(3) if scaling == "sqrt_rank" else 3)
     update = scale * F.conv2d(F.conv2d(x, A, None, **geometry), B)
-    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=True)
+    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=True, scale=scale)
     expected = F.conv2d(x, base.weight, base.bias, **geometry) + g * update
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -74,7 +80,7 @@ def test_conv_transpose2d_matches_formula(gate, mode):
     B = layer.lora_patch_B["default"].weight  # [out, r, 1, 1]
     geometry = dict(stride=2, padding=1, output_padding=1)
     update = cfg.scale * F.conv2d(F.conv_transpose2d(x, A, None, **geometry), B)
-    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=True)
+    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=True, scale=cfg.scale)
     expected = F.conv_transpose2d(x, base.weight, base.bias, **geometry) + g * update
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
@@ -105,7 +111,7 @@ def test_linear_matches_formula(gate, mode):
     A = layer.lora_patch_A["default"].weight
     B = layer.lora_patch_B["default"].weight
     update = cfg.scale * (x @ A.T @ B.T)
-    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=False)
+    g = _expected_gate(gate, layer.lora_patch_gate["default"], update, spatial=False, scale=cfg.scale)
     expected = x @ base.weight.T + base.bias + g * update
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
