@@ -54,3 +54,31 @@ def test_forensics_benchmark_reports_every_case_as_expected():
             row = cases[(network, f"merged r={r}")]
             assert (row["verdict"], row["rank"]) == ("low-rank patch merged", r)
     assert all(row["ok"] and row["seconds"] > 0 for row in rows)
+
+
+def test_bench_attack_compute_reports_every_strategy_against_the_paper():
+    out = _run("bench_attack_compute.py", "--train-images", "2", "--eval-images", "1", "--batch", "2",
+               "--strategies", "paper,fgsm_rs,free-2")
+    assert out["device"] == "cpu" and out["baseline"] == "paper"
+    keys = {"inner", "inner_steps", "replays", "train_seconds", "train_flops", "success_before", "success_after",
+            "success_after_leakage", "clean_psnr_db"}
+    assert set(out["strategies"]) == {"paper", "fgsm_rs", "free-2"}
+    for entry in out["strategies"].values():
+        assert keys <= set(entry) and entry["train_flops"] > 0 and entry["train_seconds"] > 0
+        assert all(0 <= entry[k] <= 1 for k in ("success_before", "success_after", "success_after_leakage"))
+    paper, fgsm, free = (out["strategies"][n] for n in ("paper", "fgsm_rs", "free-2"))
+    assert (paper["inner"], paper["inner_steps"], fgsm["inner_steps"], free["replays"]) == ("pgd", 10, 1, 2)
+    # per update, counting a forward as F, an input-only backward as ~F and a full one as ~2F: PGD-10 ~28F (base
+    # edit, patched clean edit, 10 attack steps, outer clean + protected), FGSM-RS ~10F, free with 2 replays ~13F
+    assert 2.2 < paper["train_flops"] / fgsm["train_flops"] < 3.6
+    assert 1.6 < paper["train_flops"] / free["train_flops"] < 2.8
+
+
+def test_the_flop_counter_counts_a_convolution_exactly():
+    import torch
+
+    from lora_patch_adapters.training.flops import count_flops
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    x = torch.randn(2, 3, 16, 16)
+    assert count_flops(lambda: conv(x)) == 2 * 8 * 3 * 3 * 3 * 16 * 16 * 2  # 2 FLOPs per multiply-add

@@ -42,6 +42,26 @@ def _seconds(value: float) -> str:
     return f"{value:.1f} s" if value < 600 else f"{value / 60:.1f} min"
 
 
+def _flops(value: int | None) -> str:
+    """``1234567`` -> ``"1.23 MFLOP"``; ``"n/a"`` when not counted (results written before FLOPs were)."""
+    if value is None:
+        return "n/a"
+    for power, prefix in ((18, "E"), (15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if value >= 10 ** power:
+            return f"{value / 10 ** power:.2f} {prefix}FLOP"
+    return f"{value} FLOP"
+
+
+def _inner(c: dict[str, Any]) -> str:
+    """The attacker's inner maximisation in words (results before ``inner`` existed: PGD)."""
+    inner = c.get("inner", "pgd")
+    if inner == "fgsm_rs":
+        return f"FGSM-RS (one step of 1.25 eps from a random start) eps {c['eps']:g}"
+    if inner == "free":
+        return f"free adversarial training ({c['replays']} replays per batch and target) eps {c['eps']:g}"
+    return f"PGD-{c['inner_steps']} eps {c['eps']:g}"
+
+
 def _cost(results: dict[str, Any], attack: str, key: str) -> dict[str, Any]:
     return results["attacker"][attack][key]
 
@@ -60,6 +80,8 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
     attack_desc = ("one bypass patch per budget, trained against PGD (the paper's attacker)"
                    if c["attack_with"] == "pgd" else "one bypass patch per defense and budget, trained against "
                    "that defense itself")
+    if c.get("inner", "pgd") != "pgd":
+        attack_desc = "one bypass patch per budget, trained with the cheaper inner maximisation named below"
     loss = "pixel MSE" if c["feature_weight"] == 0 and c["semantic_weight"] == 0 else (
         f"MMFA (pixel 1, ResNet-50 {c['feature_weight']:g}, BLIP {c['semantic_weight']:g})")
     blocks = [
@@ -70,8 +92,8 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
             f"clean edit by MSE > {ev['threshold']:g} (images in [-1, 1]).")),
         Block("paragraph", (
             f"Attacker: {attack_desc}; rank-{c['rank']} gated LoRA patch ({c['init']} init), Adam lr {c['lr']:g} "
-            f"({c['lr_schedule']}), batch {c['batch_size']}, schedule {c['schedule']}, inner PGD-{c['inner_steps']} "
-            f"eps {c['eps']:g}, loss {loss}; budgets {', '.join(keys)} (images x epochs), seed {results['seed']}, "
+            f"({c['lr_schedule']}), batch {c['batch_size']}, schedule {c['schedule']}, inner {_inner(c)}, "
+            f"loss {loss}; budgets {', '.join(keys)} (images x epochs), seed {results['seed']}, "
             f"device {results['device']}.")),
         Block("paragraph", (
             "Rows: *before* = base generator; *default* = protection computed on the public base generator, edited "
@@ -89,7 +111,8 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
         rows.append([d["name"], _pct(r["before"]), _pct(r["default"][head]), _pct(r["leakage"][head]),
                      _pct(r["patch_aware"][head]) if r["patch_aware"] else "n/a",
                      f"{d['clean_psnr_db'][head]:.2f}",
-                     f"{cost['images']} img x {cost['epochs']} ep, {_seconds(cost['seconds'])}"])
+                     f"{cost['images']} img x {cost['epochs']} ep, {_seconds(cost['seconds'])}, "
+                     f"{_flops(cost.get('flops'))}"])
     blocks.append(Block("table", header=["defense", "before patching", "after (default)", "after (leakage)",
                                          "patch-aware defender", "clean PSNR (dB)", "attacker cost"], rows=rows))
     blocks += [Block("heading", "Defense success rate vs attacker budget"), Block("image", path=CURVES)]
@@ -102,6 +125,7 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
                                          f"{d['before']['perturbation']['psnr_protected_vs_clean']:.2f} dB."))
         table = [
             ["attacker cost (wall clock)", *[_seconds(_cost(results, attack, key)["seconds"]) for key in keys]],
+            ["attacker cost (FLOPs)", *[_flops(_cost(results, attack, key).get("flops")) for key in keys]],
             ["before patching", *[_pct(r["before"])] * len(keys)],
             ["after patching (default)", *[_pct(r["default"][key]) for key in keys]],
             ["after patching (leakage)", *[_pct(r["leakage"][key]) for key in keys]],
@@ -133,12 +157,16 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
         for key in keys:
             cost = per[key]
             cost_rows.append([f"attacker ({attack})", key, cost["images"], cost["epochs"], cost["batches"],
-                              _seconds(cost["seconds"]), cost["device"]])
+                              _seconds(cost["seconds"]), _flops(cost.get("flops")), cost["device"]])
     for index, cost in enumerate(results["defender"]["shadow_patches"], 1):
         cost_rows.append([f"defender shadow patch {index}", f"{cost['images']}x{cost['epochs']}", cost["images"],
-                          cost["epochs"], cost["batches"], _seconds(cost["seconds"]), cost["device"]])
-    blocks.append(Block("table", header=["who", "budget", "images", "epochs", "batches", "wall clock", "device"],
-                        rows=cost_rows))
+                          cost["epochs"], cost["batches"], _seconds(cost["seconds"]), _flops(cost.get("flops")),
+                          cost["device"]])
+    blocks.append(Block("table", header=["who", "budget", "images", "epochs", "batches", "wall clock", "FLOPs",
+                                         "device"], rows=cost_rows))
+    blocks.append(Block("paragraph", "FLOPs: the matmul and convolution FLOPs of training, forward and backward, inner "
+                                     "attack included (torch.utils.flop_counter, one batch counted before "
+                                     "training and scaled by the images passed; the timed run is not counted)."))
     t = results["timings"]
     blocks.append(Block("paragraph", (
         f"Total {_seconds(t['total_seconds'])}: attacker training {_seconds(t['attacker_training_seconds'])}, "

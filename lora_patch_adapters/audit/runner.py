@@ -11,12 +11,13 @@ every defense is measured on held-out images
   :class:`~lora_patch_adapters.generators.ensemble.EnsembleEditor` (universal defenses are fitted on all of them),
 
 plus, for context, how often the protection still disrupts the base generator after JPEG re-encoding or blur.
-The attacker's cost (images, epochs, batches, wall-clock seconds, device) is recorded with every patch. The result
-is a plain dict (``results.json``); :mod:`lora_patch_adapters.audit.report` turns it into HTML and Markdown.
+The attacker's cost (images, epochs, batches, wall-clock seconds, FLOPs, device) is recorded with every patch. The
+result is a plain dict (``results.json``); :mod:`lora_patch_adapters.audit.report` turns it into HTML and Markdown.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import platform
@@ -37,6 +38,8 @@ from ..generators.ensemble import EnsembleEditor
 from ..losses import MMFALoss
 from ..patches import save_patch
 from ..training import BypassTrainer, TrainingConfig
+from ..training.config import INNER_STRATEGIES
+from ..training.flops import count_flops
 from ..training.trainer import as_dataset
 from ..tuner.config import LoraPatchConfig
 from ..version import __version__
@@ -47,6 +50,7 @@ FORMAT = "lora-patch-audit/1"
 ATTACK_WITH = ("pgd", "defense")
 PAPER_BUDGET = Budget(1000, 1)
 ROWS = ("default", "leakage", "patch_aware")
+PGD_INNER_STEPS, FREE_REPLAYS = 10, 4  # the defaults of AuditConfig.inner_steps (inner="pgd") and .replays ("free")
 
 TensorPair = tuple[torch.Tensor, torch.Tensor]
 
@@ -56,7 +60,9 @@ class AuditConfig:
     """Every setting of an audit (recorded in ``results.json``). Defaults: the paper's attacker (bypass patch rank 8,
     Adam 1e-3, batch 4, one optimiser step per batch and target, inner PGD eps 0.05 with 10 steps of 0.01) and the
     field's defenses (eps 0.05); the loss is the pixel term alone unless the MMFA weights are set (the ResNet-50 and
-    BLIP encoders must then be available locally)."""
+    BLIP encoders must then be available locally). ``inner="fgsm_rs"`` / ``"free"`` (``replays``) are the cheaper
+    inner maximisations of :mod:`lora_patch_adapters.training.inner` (eps ``eps``), for attacker and defender alike;
+    the field of the other strategies is recorded as None."""
 
     defenses: list[str] = field(default_factory=lambda: ["pgd", "cmua", "anti_forgery"])
     budgets: list[Budget] = field(default_factory=lambda: parse_budgets(DEFAULT_BUDGETS))
@@ -71,7 +77,9 @@ class AuditConfig:
     lr_schedule: str = "constant"
     batch_size: int = 4
     schedule: str = "per_condition"
-    inner_steps: int = 10
+    inner: str = "pgd"  # the inner maximisation (training.inner): "pgd" (the paper), "fgsm_rs", "free"
+    inner_steps: int | None = PGD_INNER_STEPS  # "pgd" only (None for the others), step size 2 * eps / inner_steps
+    replays: int | None = FREE_REPLAYS  # "free" only (None for the others): outer updates per batch and target
     feature_weight: float = 0.0
     semantic_weight: float = 0.0
     attack_with: str = "pgd"  # "pgd": one patch per budget (the paper); "defense": one per defense and budget
@@ -92,6 +100,20 @@ class AuditConfig:
             raise ValueError(f"budgets must be a non-empty list of Budget, e.g. parse_budgets({DEFAULT_BUDGETS!r}).")
         if self.shadow_patches < 0:
             raise ValueError(f"shadow_patches must be >= 0, got {self.shadow_patches}.")
+        if self.inner not in INNER_STRATEGIES:
+            raise ValueError(f"AuditConfig.inner must be one of {list(INNER_STRATEGIES)}, got {self.inner!r}.")
+        for name, owner, default in (("inner_steps", "pgd", PGD_INNER_STEPS), ("replays", "free", FREE_REPLAYS)):
+            value = getattr(self, name)
+            if self.inner == owner:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"AuditConfig.{name} must be a positive integer, got {value!r}.")
+            elif value not in (None, default):  # the default of a field that does not apply is recorded as None
+                raise ValueError(f"AuditConfig.{name} applies to inner={owner!r} only, not to inner={self.inner!r}.")
+            else:
+                setattr(self, name, None)
+        if self.inner != "pgd" and self.attack_with == "defense":
+            raise ValueError(f"AuditConfig.inner={self.inner!r} builds its own L-inf attack: attack_with='defense' "
+                             "(train against each defense) needs inner='pgd'.")
         self.budgets = sorted(self.budgets, key=lambda b: (b.image_passes, b.images))
 
     @property
@@ -111,6 +133,19 @@ def device_description(device: str) -> str:
     if dev.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(dev)})"
     return f"{device} ({platform.machine() or 'unknown'}, {torch.get_num_threads()} threads)"
+
+
+def _training_flops(trainer: BypassTrainer, data: Dataset | TensorPair, budget: Budget) -> int:
+    """FLOPs of training on ``budget``: one batch counted on a copy of the trainer (before it trains), per image,
+    times the images the budget passes (convolution and matmul FLOPs grow linearly with the batch)."""
+    dataset = as_dataset(data)
+    rows = min(trainer.config.batch_size, len(dataset))
+    items = [dataset[i] for i in range(rows)]
+    x, labels = torch.stack([item[0] for item in items]), torch.stack([torch.as_tensor(item[1]) for item in items])
+    probe = copy.deepcopy(trainer)
+    probe.config = dataclasses.replace(probe.config, progress=False)
+    per_image = count_flops(lambda: probe.train_step(x, labels)) / rows
+    return round(per_image * budget.image_passes)
 
 
 def subset(data: Dataset | TensorPair, n: int) -> Dataset | TensorPair:
@@ -159,7 +194,8 @@ class Audit:
     def _inner_attack(self, defense: Defense | None) -> Defense:
         c = self.config
         if defense is None:
-            return PGD(eps=c.eps, steps=c.inner_steps, step_size=2 * c.eps / c.inner_steps, seed=c.seed)
+            steps = c.inner_steps or PGD_INNER_STEPS  # fgsm_rs / free take only its eps (training.inner)
+            return PGD(eps=c.eps, steps=steps, step_size=2 * c.eps / steps, seed=c.seed)
         if callable(getattr(defense, "fit", None)):  # a universal defense: the attacker trains against its fit
             return fit_universal(defense, self.base, self.fit_data)
         return defense
@@ -172,16 +208,20 @@ class Audit:
             editor, patch=LoraPatchConfig.from_preset("paper", r=c.rank, init_weights=c.init), attack=attack,
             loss=self._loss(),
             config=TrainingConfig(batch_size=c.batch_size, lr=c.lr, lr_schedule=c.lr_schedule, schedule=c.schedule,
-                                  epochs=budget.epochs, seed=seed, progress=self.progress),
+                                  epochs=budget.epochs, seed=seed, progress=self.progress, inner=c.inner,
+                                  replays=c.replays or FREE_REPLAYS),
         )
+        training_data = subset(data, budget.images)
+        flops = _training_flops(trainer, training_data, budget)  # counted apart: the timed run has no overhead
         start = time.perf_counter()
-        result = trainer.train(subset(data, budget.images))
+        result = trainer.train(training_data)
         seconds = time.perf_counter() - start
         patch_dir = save_patch(trainer, directory, metadata={"audit": {"budget": budget.key, "seed": seed}})
         for p in editor.generator.parameters():
             p.requires_grad_(False)
         cost = {"images": budget.images, "epochs": budget.epochs, "image_passes": budget.image_passes,
-                "batches": result.steps, "seconds": seconds, "device": self.device, "seed": seed,
+                "batches": result.steps, "seconds": seconds, "flops": flops,
+                "device": self.device, "seed": seed,
                 "final_loss": result.final_loss, "patch": os.path.relpath(patch_dir, self.out_dir)}
         return editor, cost
 

@@ -35,6 +35,7 @@ from ._args import (
 DEFAULT_DEFENSES = "pgd,cmua,anti_forgery"
 DEFAULT_BUDGETS = "250x1,1000x1,2000x1"  # kept literal (no torch import); tests check it matches audit.budgets
 ATTACK_WITH = ("pgd", "defense")
+INNER = ("pgd", "fgsm_rs", "free")  # kept literal (no torch import); tests check it matches training.INNER_STRATEGIES
 
 
 def _specs(text: str) -> list[str]:
@@ -65,6 +66,16 @@ def _numbers(kind: type, check: str):
             raise argparse.ArgumentTypeError(f"blur sigmas must be > 0 pixels, got {text!r}")
         return values
     return parse
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes that the flag was given (``args.given``), so a flag that does not apply to the
+    chosen ``--inner`` can be refused while its default still documents the paper's value."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
 def add_audit_command(subparsers: Any) -> None:
@@ -112,8 +123,13 @@ def add_audit_command(subparsers: Any) -> None:
     g.add_argument("--batch-size", type=positive_int, default=4, metavar="N", help="(default: 4)")
     g.add_argument("--schedule", choices=SCHEDULES, default="per_condition",
                    help="per_condition: one optimiser step per batch and target, the paper's (default)")
-    g.add_argument("--inner-steps", type=positive_int, default=10, metavar="N",
-                   help="inner PGD steps, step size 2 * eps / N (default: 10, i.e. 0.01)")
+    g.add_argument("--inner", choices=INNER, default="pgd",
+                   help="inner maximisation: pgd (the paper's), fgsm_rs (one random-start step of 1.25 eps) or free "
+                        "(each batch replayed --replays times, one backward pass per update) (default: pgd)")
+    g.add_argument("--inner-steps", type=positive_int, default=10, metavar="N", action=_Given,
+                   help="--inner pgd: inner PGD steps, step size 2 * eps / N (default: 10, i.e. 0.01)")
+    g.add_argument("--replays", type=positive_int, default=4, metavar="M", action=_Given,
+                   help="--inner free: outer updates per batch and target (default: 4)")
     g.add_argument("--feature-weight", type=non_negative_float, default=0.0, metavar="W",
                    help="MMFA ResNet-50 weight (default: 0; the paper's 0.1 needs the encoder locally)")
     g.add_argument("--semantic-weight", type=non_negative_float, default=0.0, metavar="W",
@@ -133,6 +149,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from ..defenses.plugins import DefenseLoadError, load_defense
     from ..runs.inputs import Inputs
 
+    for flag, dest, owner in (("--inner-steps", "inner_steps", "pgd"), ("--replays", "replays", "free")):
+        if dest in getattr(args, "given", ()) and args.inner != owner:
+            raise CLIError(f"{flag} applies to --inner {owner} only, not to --inner {args.inner}.", code=2)
+    if args.inner != "pgd" and args.attack_with == "defense":
+        raise CLIError(f"--inner {args.inner} builds its own L-inf attack: --attack-with defense needs --inner pgd.",
+                       code=2)
     inputs = settings_from(args, Inputs)
     inputs.check()
 
@@ -146,7 +168,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         defenses=specs, budgets=budgets, eps=args.eps, defense_steps=args.defense_steps,
         eval_images=args.eval_images, eval_batch_size=args.eval_batch_size, rank=args.rank, init=args.init,
         lr=args.lr, lr_schedule=args.lr_schedule, batch_size=args.batch_size, schedule=args.schedule,
-        inner_steps=args.inner_steps, feature_weight=args.feature_weight, semantic_weight=args.semantic_weight,
+        inner=args.inner, inner_steps=args.inner_steps if args.inner == "pgd" else None,
+        replays=args.replays if args.inner == "free" else None, feature_weight=args.feature_weight,
+        semantic_weight=args.semantic_weight,
         attack_with=args.attack_with, shadow_patches=args.shadow_patches, shadow_images=args.shadow_images,
         jpeg_qualities=tuple(args.jpeg), blur_sigmas=tuple(args.blur), seed=args.seed, device=args.device)
     shadow_images = (args.shadow_images or budgets[0].images) if args.shadow_patches else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..training.config import INNER_STRATEGIES
 from ..training.config import PRESETS as TRAINING_PRESETS
 from ._args import (
     COMPILE_MODES,
@@ -74,6 +75,13 @@ def _add_training(p: argparse.ArgumentParser, preset: str, feature_weight: float
                    help=f"torch.compile the generator ({', '.join(COMPILE_MODES)}; default: eager)")
     g.add_argument("--cache-references", action="store_true",
                    help="keep the base generator's clean edits across epochs (deterministic data only)")
+    g.add_argument("--inner", choices=INNER_STRATEGIES, default="pgd",
+                   help="inner maximisation: pgd (the paper: --pgd-steps signed steps from a random start), fgsm_rs "
+                        "(one step of 1.25 eps from a random start), free (each batch replayed --replays times, "
+                        "one backward pass per update also moving the perturbation) (default: pgd)")
+    g.add_argument("--inner-steps", type=positive_int, metavar="N",
+                   help="pgd: training attack steps, without changing the evaluation's --pgd-steps")
+    g.add_argument("--replays", type=positive_int, metavar="M", default=4, help="free: replays per batch (default: 4)")
     g = p.add_argument_group("patch")
     g.add_argument("--preset", default=preset,
                    help=f"LoraPatchConfig preset (default: {preset}; see lora-patch presets)")

@@ -66,6 +66,9 @@ class TrainSettings(Inputs):
     precision: str | None = None  # None: the recipe's (fp32; auto with fast)
     compile: str | None = None
     cache_references: bool = False
+    inner: str = "pgd"  # the inner maximisation: "pgd" (the paper), "fgsm_rs", "free"
+    inner_steps: int | None = None  # pgd: the training attack's steps (None: --pgd-steps)
+    replays: int = 4  # free: replays per batch
     preset: str = "paper"
     rank: int | None = None
     init: str | None = None
@@ -88,6 +91,14 @@ class TrainSettings(Inputs):
     strength: float = 2.0
     command: str = "train"
     argv: list[str] = field(default_factory=list)
+
+
+def _inner_words(config: TrainingConfig, attack: Any) -> str:
+    if config.inner == "free":
+        return f"free ({config.replays} replays)"
+    if config.inner == "fgsm_rs":
+        return "FGSM-RS"
+    return f"PGD-{getattr(attack, 'steps', '?')}"
 
 
 def _recipe_words(config: TrainingConfig) -> str:
@@ -115,11 +126,14 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
     recipe = "fast" if s.fast else ("paper-defensive" if s.kind == "watermark" else "paper")
     s.schedule = s.schedule or TRAINING_PRESETS[recipe]["schedule"]
     s.precision = s.precision or TRAINING_PRESETS[recipe]["precision"]
+    if s.inner_steps is not None and s.inner != "pgd":
+        raise RunInputError(f"--inner-steps applies to --inner pgd only, not to --inner {s.inner}", usage=True)
     config = TrainingConfig.from_preset(
         recipe, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr, lr_schedule=s.lr_schedule,
         schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every,
         keep_checkpoints=s.keep_checkpoints, progress=not s.no_progress, precision=s.precision, compile=s.compile,
-        cache_references=s.cache_references, force_resume=s.force_resume)
+        cache_references=s.cache_references, force_resume=s.force_resume, inner=s.inner, inner_steps=s.inner_steps,
+        replays=s.replays)
     attack = PGD(eps=s.eps, steps=s.pgd_steps, step_size=s.pgd_step_size, seed=s.seed)
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)
@@ -197,7 +211,7 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
          f"{patch_config.init_weights})"),
         (f"- training ({_recipe_words(config)}): {result.steps} steps, batch {s.batch_size}, lr {s.lr:g} "
          f"({s.lr_schedule}), {s.schedule}, {s.precision}; "
-         f"inner PGD-{s.pgd_steps} eps {s.eps:g}; loss "
+         f"inner {_inner_words(config, trainer.attack)} eps {s.eps:g}; loss "
          + " + ".join(f"{w:g} {term}" for term, w in loss.weights.items() if w > 0)),
         (f"- loss {first} -> {result.final_loss:.4f}; max gradient norm "
          f"{training['grad_norm'].get('max', float('nan')):.4g}; {result.seconds:.1f} s"), "",

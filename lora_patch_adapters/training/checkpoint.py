@@ -52,7 +52,8 @@ _LEFTOVER = re.compile(r"^step-\d+\.(tmp|deleting)$")  # written (and so removab
 _STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "kind": str, "config": dict, "history": list}
 PATCH_FIELDS = ("r", "lora_alpha", "scaling", "gate", "gate_init", "init_weights", "target_modules",
                 "include_linear", "exclude_modules", "modules_to_save")
-TRAINING_FIELDS = ("schedule", "batch_size", "seed", "lr", "lr_schedule", "betas", "grad_clip")
+TRAINING_FIELDS = ("schedule", "batch_size", "seed", "lr", "lr_schedule", "betas", "grad_clip", "inner", "inner_steps",
+                   "replays")
 FORCE_HINT = "pass force_resume=True (lora-patch train --force-resume) to continue anyway"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from .._checks import check_int, check_number
 
 SCHEDULES = ("batched", "per_condition")
+INNER_STRATEGIES = ("pgd", "fgsm_rs", "free")  # see lora_patch_adapters.training.inner
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -25,7 +26,7 @@ def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
 _PAPER: dict[str, Any] = {
     "epochs": 1, "batch_size": 4, "lr": 1e-3, "betas": (0.5, 0.999), "lr_schedule": "constant",
     "schedule": "per_condition", "seed": 42, "fast": False, "precision": "fp32", "channels_last": False,
-    "compile": None, "grad_clip": None,
+    "compile": None, "grad_clip": None, "inner": "pgd", "inner_steps": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # Qu et al. (arXiv 2510.03747) and their code: Adam lr 1e-3, betas (0.5, 0.999), batch 4, one epoch over 1000
@@ -74,6 +75,10 @@ class TrainingConfig:
     compile: str | None = None  # torch.compile mode for the generator ("default", "reduce-overhead" = CUDA graphs,
     #                             "max-autotune"); None: eager
     cache_references: bool = False  # keep the frozen base's clean edits across epochs (needs deterministic data)
+    # ---- the inner maximisation (lora_patch_adapters.training.inner): "pgd" (the paper), "fgsm_rs", "free"
+    inner: str = "pgd"
+    inner_steps: int | None = None  # "pgd": steps of the inner attack; None: the attack's own (10 by default)
+    replays: int = 4  # "free": outer updates per batch and condition, each also moving the perturbation
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with checkpoints and reports
 
     def __post_init__(self) -> None:
@@ -88,6 +93,13 @@ class TrainingConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"TrainingConfig.lr_schedule must be one of {list(LR_SCHEDULES)}, "
                              f"got {self.lr_schedule!r}.")
+        if self.inner not in INNER_STRATEGIES:
+            raise ValueError(f"TrainingConfig.inner must be one of {list(INNER_STRATEGIES)} (the inner maximisation), "
+                             f"got {self.inner!r}.")
+        _positive_int("inner_steps", self.inner_steps, allow_none=True)
+        _positive_int("replays", self.replays)
+        if self.inner_steps is not None and self.inner != "pgd":
+            raise ValueError(f"TrainingConfig.inner_steps applies to inner='pgd' only, not to {self.inner!r}.")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"TrainingConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

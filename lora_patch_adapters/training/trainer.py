@@ -22,12 +22,12 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any
 
 import peft
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..defenses.base import Defense, inputs_already_checked
@@ -38,12 +38,12 @@ from ..losses import MMFALoss
 from ..tuner.config import LoraPatchConfig
 from ..tuner.layer import GatedLoraLayer
 from . import checkpoint as ckpt
+from .batches import TrainingData, TrainingResult, as_dataset, epoch_batches
 from .config import TrainingConfig
 from .distributed import Shard, distributed_context, pack, unpack
+from .inner import FreeReplays, inner_attack
 from .runtime import frozen, resolve_runtime
 from .seeding import derive_seed, seed_everything, set_rng_state
-
-TrainingData = Union[Dataset, tuple[torch.Tensor, torch.Tensor]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,52 +61,6 @@ class _Pending:
     terms: dict[str, torch.Tensor]
     grad_norm: torch.Tensor
     flags: torch.Tensor
-
-
-@dataclass
-class TrainingResult:
-    """What :meth:`PatchTrainer.train` did: ``history`` holds one dict per step (loss terms, grad norm, seconds)."""
-
-    steps: int
-    epochs_completed: int
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
-    checkpoints: list[str] = field(default_factory=list)
-
-    @property
-    def final_loss(self) -> float:
-        return self.history[-1]["loss"] if self.history else float("nan")
-
-    def grad_norm_stats(self) -> dict[str, float]:
-        norms = [h["grad_norm"] for h in self.history]
-        if not norms:
-            return {}
-        return {"max": max(norms), "mean": sum(norms) / len(norms), "last": norms[-1]}
-
-
-def as_dataset(data: TrainingData) -> Dataset:
-    """A map-style dataset of (image [3, H, W], labels [A]) from a Dataset or an (images, labels) tensor pair."""
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        images, labels = data
-        if images.dim() != 4 or labels.dim() != 2 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"Training data must be images [N, 3, H, W] and labels [N, A] with the same N, got "
-                f"{tuple(images.shape)} and {tuple(labels.shape)}."
-            )
-        return TensorDataset(images, labels)
-    raise TypeError(
-        "Training data must be a torch Dataset of (image, labels) pairs (e.g. lora_patch_adapters.data.CelebA) or "
-        f"an (images, labels) tuple of tensors, got {type(data).__name__}."
-    )
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled index batches of one epoch, a pure function of (seed, epoch) so a resumed run sees the same."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def patch_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -159,8 +113,9 @@ class PatchTrainer:
         self.adapter_name = adapter_name
         self.model = self._attach(editor, patch, adapter_name)
         self.runtime = resolve_runtime(self.config, editor.device)
-        self.attack = copy.deepcopy(attack) if attack is not None else \
-            PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE)
+        self.attack = inner_attack(self.config.inner, copy.deepcopy(attack) if attack is not None else
+                                   PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE), self.config.inner_steps)
+        self._free = FreeReplays(self.attack.eps) if self.config.inner == "free" else None
         self.loss = (loss if loss is not None else self.default_loss()).to(editor.device)
         self.parameters = patch_parameters(self.model)
         if not self.parameters:
@@ -173,6 +128,7 @@ class PatchTrainer:
         # the fast path's fused Adam can skip a step on the device (found_inf) instead of checking on the host
         self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.lr, betas=self.config.betas,
                                           **({"fused": True} if self.runtime.fast else {}))
+        self._slot = (0, 0)  # the (group, item) of the forward being computed: keys "free" perturbations
         self._skip: torch.Tensor | None = None  # fast path: sticky "a step was non-finite" flag on the device
         self._reference_cache: dict[tuple, torch.Tensor] = {}
         self.output_dir = output_dir
@@ -254,14 +210,20 @@ class PatchTrainer:
         """The inner maximisation: ``attack`` run against the *current* patched generator, with this call's ``seed``
         for its random start and ``noise_rows`` placing ``x`` in a larger batch (both passed to
         :meth:`~lora_patch_adapters.defenses.base.Defense.protect`; the attack object is never modified). On the
-        fast path the patch is frozen meanwhile (input-only gradients; one composed kernel per layer)."""
+        fast path the patch is frozen meanwhile (input-only gradients; one composed kernel per layer). With
+        ``inner="free"`` the perturbation of this replay (see :mod:`.inner`), a leaf collecting its input gradient."""
+        if self._free is not None:
+            return self._free.protect(self._slot, x, seed, noise_rows)
         if not self.runtime.fast:
             return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
         with frozen(self.parameters), inputs_already_checked():
             return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
 
     def _reference(self, x: torch.Tensor, condition: Any, cache_keys: list[tuple] | None) -> torch.Tensor:
-        """The frozen base generator's clean edit, from the cross-epoch cache when every row is in it."""
+        """The frozen base generator's clean edit, from the cross-epoch cache when every row is in it ("free": computed
+        once per batch and slot, then reused by the replays)."""
+        if self._free is not None and self._free.reference(self._slot) is not None:
+            return self._free.reference(self._slot)
         if cache_keys is not None and all(k in self._reference_cache for k in cache_keys):
             return torch.stack([self._reference_cache[k] for k in cache_keys])
         with torch.no_grad(), self.model.disable_adapter():
@@ -269,6 +231,8 @@ class PatchTrainer:
         if cache_keys is not None:
             for key, row in zip(cache_keys, reference):
                 self._reference_cache[key] = row.clone()
+        if self._free is not None:
+            self._free.keep_reference(self._slot, reference)
         return reference
 
     def compute_loss(self, x: torch.Tensor, condition: Any, attack_seed: int = 0,
@@ -335,12 +299,17 @@ class PatchTrainer:
         totals: dict[str, Any] = {}
         norms: list[Any] = []
         flags: list[torch.Tensor] = []
-        for g, group in enumerate(groups):
+        replays = self.config.replays if self._free is not None else 1  # "free": each group replayed
+        if self._free is not None:
+            self._free.start_batch()
+        for g, replay, group in ((g, r, group) for g, group in enumerate(groups) for r in range(replays)):
+            applied = g * replays + replay
             self.optimizer.zero_grad(set_to_none=True)
             group_terms: dict[str, torch.Tensor] = {}
             for k, (images, condition) in enumerate(group):
                 noise_rows, cache_keys = self._rows(g, k, images.shape[0], x.shape[0], shard)
                 seed = derive_seed(self.config.seed, self.step, g, k)
+                self._slot = (g, k)
                 def scaled(value: torch.Tensor) -> torch.Tensor:  # this forward's share of the step's mean loss
                     return value / len(group) if weight is None else value * (weight / len(group))
 
@@ -351,14 +320,14 @@ class PatchTrainer:
                     loss, terms = self.compute_loss(images, condition, seed, noise_rows, cache_keys)
                     loss = scaled(loss)
                     if not self.dist.enabled:
-                        self._check_finite("loss", loss, terms, applied=g)
+                        self._check_finite("loss", loss, terms, applied=applied)
                     loss.backward()
                 for name, value in {"loss": loss.detach(), **{n: scaled(v.detach()) for n, v in terms.items()}}.items():
                     group_terms[name] = group_terms[name] + value if name in group_terms else value
             if self.dist.enabled:
                 group_terms = self._all_reduce(group_terms)
                 if not fast:
-                    self._check_finite("loss", group_terms["loss"], group_terms, applied=g)
+                    self._check_finite("loss", group_terms["loss"], group_terms, applied=applied)
             max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
             norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
             if fast:  # skip the update on the device (fused Adam's found_inf); reported by _read_back
@@ -368,12 +337,14 @@ class PatchTrainer:
                 flags.append(bad)
                 norms.append(norm.detach())
             else:
-                self._check_finite("gradient norm", norm, {}, applied=g)
+                self._check_finite("gradient norm", norm, {}, applied=applied)
                 norms.append(float(norm))
             self.optimizer.step()
+            if self._free is not None:
+                self._free.ascend()
             for name, value in group_terms.items():
                 value = value if fast else float(value)
-                totals[name] = totals.get(name, 0.0) + value / len(groups)
+                totals[name] = totals.get(name, 0.0) + value / (len(groups) * replays)
         self.step += 1
         if fast:
             return _Pending(position, lr, start, totals, torch.stack(norms).max(), torch.stack(flags))

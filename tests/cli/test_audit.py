@@ -47,6 +47,37 @@ def test_parser_defaults_are_the_papers_and_match_the_library():
     assert cli_audit.DEFAULT_DEFENSES.split(",") == defaults.defenses
     assert parse_budgets(cli_audit.DEFAULT_BUDGETS) == defaults.budgets
     assert args.out == os.path.join("runs", "audit") and args.generator == "testbed"
+    from lora_patch_adapters.audit.runner import FREE_REPLAYS
+    from lora_patch_adapters.training.config import INNER_STRATEGIES
+
+    assert cli_audit.INNER == INNER_STRATEGIES and (args.inner, args.replays) == (defaults.inner, FREE_REPLAYS)
+    assert AuditConfig(inner="free").replays == args.replays == 4
+
+
+def test_audit_with_the_free_inner_maximisation_records_it_and_the_flops(tmp_path, capsys):
+    out = tmp_path / "audit"
+    at = TOY.index("--inner-steps")
+    toy = TOY[:at] + TOY[at + 2:]
+    assert cli.main(["audit", "--defense", "pgd", *toy, "--inner", "free", "--replays", "2", "--shadow-patches", "0",
+                     "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["config"]["inner"], results["config"]["replays"], results["config"]["inner_steps"]) == (
+        "free", 2, None)
+    assert results["attacker"]["pgd"]["2x1"]["flops"] > 0
+    assert "inner free adversarial training (2 replays" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--inner", "fgsm_rs", "--inner-steps", "3"], "--inner-steps applies to --inner pgd only"),
+    (["--inner", "free", "--inner-steps", "3"], "--inner-steps applies to --inner pgd only"),
+    (["--replays", "2"], "--replays applies to --inner free only"),
+    (["--inner", "fgsm_rs", "--attack-with", "defense"], "--attack-with defense needs --inner pgd"),
+])
+def test_inner_combinations_that_do_not_apply_are_one_line(tmp_path, capsys, argv, message):
+    assert cli.main(["audit", *argv, "--out", str(tmp_path / "audit")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "audit").exists()
 
 
 @pytest.mark.parametrize("argv, code, message", [
@@ -55,6 +86,7 @@ def test_parser_defaults_are_the_papers_and_match_the_library():
     (["--budgets", "0"], 2, "positive integer"),
     (["--budgets", "ten"], 2, "IMAGESxEPOCHS"),
     (["--jpeg", "0"], 2, "JPEG qualities"),
+    (["--inner", "adam"], 2, "invalid choice: 'adam'"),
     (["--generator", "stargan"], 2, "needs --checkpoint"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, argv, code, message):

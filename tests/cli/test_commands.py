@@ -573,3 +573,16 @@ def test_a_rank_no_layer_can_use_is_refused_before_anything_is_built(capsys, tmp
     err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "o"), *TINY, "--rank", "100000000"], 2)
     assert "--rank 100000000 is larger than any layer of testbed can use" in err and "pass --rank" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_train_with_a_cheaper_inner_maximisation(tmp_path, capsys):
+    out = tmp_path / "free"
+    assert main(["train", "--out", str(out), *TINY, "--max-steps", "1", "--inner", "free", "--replays", "2"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["training_config"]["inner"], summary["training_config"]["replays"]) == ("free", 2)
+    assert "inner free (2 replays)" in (out / "report.md").read_text()
+    err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "x"), *TINY, "--inner", "fgsm_rs",
+                                   "--inner-steps", "3"], 2)
+    assert "--inner-steps applies to --inner pgd only" in err and not (tmp_path / "x").exists()
+    err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "x"), "--inner", "trades"], 2)
+    assert "invalid choice: 'trades'" in err

@@ -111,7 +111,8 @@ def test_attgan_paper_targets_train_and_evaluate(tmp_path, celeba, tiny_generato
     assert summary["arguments"]["targets"] == "paper"
     assert summary["evaluation"]["default"]["n_conditions"] == 5
     edits = json.loads((out / "patch" / "lora_patch.json").read_text())["training"]["edits"]
-    assert edits["targets"] == "paper" and edits["edited"] == ["Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Male"]
+    assert edits["targets"] == "paper"
+    assert edits["edited"] == ["Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Male"]
 
     # evaluate: the generator comes from the patch, the targets from the flag
     evaluation = tmp_path / "eval"
