@@ -10,7 +10,7 @@ it alone on the machine). ``train_flops`` is counted with torch's FLOP counter
 the same operations on same-shaped tensors), times the number of batches, so the timed runs carry no counting
 overhead.
 
-    python benchmarks/bench_attack_compute.py            # 64 training faces (batches of 2), 16 held-out, ~6 min
+    python benchmarks/bench_attack_compute.py            # 64 training faces (batches of 2), 16 held-out, ~7 min
     python benchmarks/bench_attack_compute.py --json     # one JSON object (see the issue's schema)
     python benchmarks/bench_attack_compute.py --train-images 8 --eval-images 2 --strategies paper,fgsm_rs  # smoke
 """
@@ -40,6 +40,7 @@ STRATEGIES = {
     # below 10 steps (Madry et al.), 0.01 at 10
     "paper": ("pgd", 10, 1, 1.0),
     "pgd-3": ("pgd", 3, 1, 1.0),
+    "pgd-3-warm": ("pgd-warm", 3, 1, 1.0),  # each condition's attack starts where the image's previous one ended
     "fgsm_rs": ("fgsm_rs", 1, 1, 1.0),
     "free-2": ("free", None, 2, 1.0),
     "free-4": ("free", None, 4, 1.0),
@@ -58,7 +59,8 @@ def _attack(steps: int | None, seed: int) -> PGD:
 def _trainer(name: str, args: argparse.Namespace, batches: int) -> BypassTrainer:
     inner, steps, replays, share = STRATEGIES[name]
     config = TrainingConfig.from_preset("paper", batch_size=args.batch, lr=args.lr, lr_schedule="cosine",
-                                        seed=args.seed, progress=False, inner=inner, replays=replays,
+                                        seed=args.seed, progress=False, inner=inner.removesuffix("-warm"),
+                                        replays=replays, inner_warm_start=inner.endswith("-warm"),
                                         max_steps=max(1, round(share * batches)))
     return BypassTrainer(load_editor("testbed"), patch=lpa.LoraPatchConfig.from_preset("paper", r=8),
                          attack=_attack(steps, args.seed), loss=MMFALoss.pixel_only(), config=config)
@@ -110,7 +112,8 @@ def main() -> None:
         result = trainer.train((train_x, train_labels))
         seconds = time.perf_counter() - start
         inner, steps, replays, share = STRATEGIES[name]
-        strategies[name] = {"inner": inner, "inner_steps": trainer.attack.steps if inner != "free" else None,
+        strategies[name] = {"inner": inner.removesuffix("-warm"), "warm_start": inner.endswith("-warm"),
+                            "inner_steps": trainer.attack.steps if inner != "free" else None,
                             "replays": replays if inner == "free" else None, "batches": result.steps,
                             "train_seconds": seconds, "train_flops": per_batch * result.steps,
                             **_evaluate(base, trainer.editor, test_x, test_labels, args.seed)}

@@ -82,6 +82,8 @@ def _add_training(p: argparse.ArgumentParser, preset: str, feature_weight: float
     g.add_argument("--inner-steps", type=positive_int, metavar="N",
                    help="pgd: training attack steps, without changing the evaluation's --pgd-steps")
     g.add_argument("--replays", type=positive_int, metavar="M", default=4, help="free: replays per batch (default: 4)")
+    g.add_argument("--inner-warm-start", action="store_true",
+                   help="pgd: start each image's attack where its previous one ended (per condition and epoch)")
     g = p.add_argument_group("patch")
     g.add_argument("--preset", default=preset,
                    help=f"LoraPatchConfig preset (default: {preset}; see lora-patch presets)")

@@ -69,6 +69,7 @@ class TrainSettings(Inputs):
     inner: str = "pgd"  # the inner maximisation: "pgd" (the paper), "fgsm_rs", "free"
     inner_steps: int | None = None  # pgd: the training attack's steps (None: --pgd-steps)
     replays: int = 4  # free: replays per batch
+    inner_warm_start: bool = False  # pgd: each image's attack starts where its previous one ended
     preset: str = "paper"
     rank: int | None = None
     init: str | None = None
@@ -98,7 +99,7 @@ def _inner_words(config: TrainingConfig, attack: Any) -> str:
         return f"free ({config.replays} replays)"
     if config.inner == "fgsm_rs":
         return "FGSM-RS"
-    return f"PGD-{getattr(attack, 'steps', '?')}"
+    return f"PGD-{getattr(attack, 'steps', '?')}" + (" (warm starts)" if config.inner_warm_start else "")
 
 
 def _recipe_words(config: TrainingConfig) -> str:
@@ -126,14 +127,15 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
     recipe = "fast" if s.fast else ("paper-defensive" if s.kind == "watermark" else "paper")
     s.schedule = s.schedule or TRAINING_PRESETS[recipe]["schedule"]
     s.precision = s.precision or TRAINING_PRESETS[recipe]["precision"]
-    if s.inner_steps is not None and s.inner != "pgd":
-        raise RunInputError(f"--inner-steps applies to --inner pgd only, not to --inner {s.inner}", usage=True)
+    for flag, given in (("--inner-steps", s.inner_steps is not None), ("--inner-warm-start", s.inner_warm_start)):
+        if given and s.inner != "pgd":
+            raise RunInputError(f"{flag} applies to --inner pgd only, not to --inner {s.inner}", usage=True)
     config = TrainingConfig.from_preset(
         recipe, epochs=s.epochs, max_steps=s.max_steps, batch_size=s.batch_size, lr=s.lr, lr_schedule=s.lr_schedule,
         schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every,
         keep_checkpoints=s.keep_checkpoints, progress=not s.no_progress, precision=s.precision, compile=s.compile,
         cache_references=s.cache_references, force_resume=s.force_resume, inner=s.inner, inner_steps=s.inner_steps,
-        replays=s.replays)
+        replays=s.replays, inner_warm_start=s.inner_warm_start)
     attack = PGD(eps=s.eps, steps=s.pgd_steps, step_size=s.pgd_step_size, seed=s.seed)
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)

@@ -46,6 +46,7 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng_state.pt"
+INNER_FILE = "inner_state.pt"  # optional: the inner attack's warm starts (TrainingConfig.inner_warm_start)
 WEIGHTS_FILE = "adapter_model.safetensors"
 _NAME = re.compile(r"^step-(\d+)$")
 _LEFTOVER = re.compile(r"^step-\d+\.(tmp|deleting)$")  # written (and so removable) by this module only
@@ -53,7 +54,7 @@ _STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "kind": str, "c
 PATCH_FIELDS = ("r", "lora_alpha", "scaling", "gate", "gate_init", "init_weights", "target_modules",
                 "include_linear", "exclude_modules", "modules_to_save")
 TRAINING_FIELDS = ("schedule", "batch_size", "seed", "lr", "lr_schedule", "betas", "grad_clip", "inner", "inner_steps",
-                   "replays")
+                   "replays", "inner_warm_start")
 FORCE_HINT = "pass force_resume=True (lora-patch train --force-resume) to continue anyway"
 
 
@@ -135,6 +136,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
+    inner: dict[str, torch.Tensor] | None = None,
 ) -> str:
     """Write a checkpoint for ``state["step"]`` atomically and prune all but the ``keep`` most recent up to it.
 
@@ -157,6 +159,8 @@ def save_checkpoint(
         raise
     torch.save(optimizer.state_dict(), os.path.join(tmp, OPTIMIZER_FILE))
     torch.save(rng_state(), os.path.join(tmp, RNG_FILE))
+    if inner is not None:
+        torch.save(inner, os.path.join(tmp, INNER_FILE))
     files = {name: {"bytes": os.path.getsize(os.path.join(tmp, name)), "sha256": _sha256(os.path.join(tmp, name))}
              for name in sorted(os.listdir(tmp))}
     record = json.loads(json.dumps({**state, "files": files}))
@@ -306,7 +310,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     if _non_finite(moments):
         raise _fail(path, OPTIMIZER_FILE, f"holds NaN/Inf optimiser moments ({_non_finite(moments)[0]})",
                     "resume from an earlier checkpoint")
-    return {"state": state, "adapter_weights": weights, "optimizer": optimizer, "rng": rng}
+    data = {"state": state, "adapter_weights": weights, "optimizer": optimizer, "rng": rng}
+    if os.path.isfile(os.path.join(path, INNER_FILE)):
+        data["inner"] = _load(path, INNER_FILE, _torch_load, "a torch state dict")
+    return data
 
 
 # ------------------------------------------------------------------------------------------ matching the trainer

@@ -79,6 +79,7 @@ class TrainingConfig:
     inner: str = "pgd"
     inner_steps: int | None = None  # "pgd": steps of the inner attack; None: the attack's own (10 by default)
     replays: int = 4  # "free": outer updates per batch and condition, each also moving the perturbation
+    inner_warm_start: bool = False  # "pgd": start each image's attack where its previous one ended (checkpointed)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with checkpoints and reports
 
     def __post_init__(self) -> None:
@@ -98,6 +99,10 @@ class TrainingConfig:
                              f"got {self.inner!r}.")
         _positive_int("inner_steps", self.inner_steps, allow_none=True)
         _positive_int("replays", self.replays)
+        if not isinstance(self.inner_warm_start, bool):
+            raise TypeError(f"TrainingConfig.inner_warm_start must be True or False, got {self.inner_warm_start!r}.")
+        if self.inner_warm_start and self.inner != "pgd":
+            raise ValueError(f"TrainingConfig.inner_warm_start applies to inner='pgd' only, not to {self.inner!r}.")
         if self.inner_steps is not None and self.inner != "pgd":
             raise ValueError(f"TrainingConfig.inner_steps applies to inner='pgd' only, not to {self.inner!r}.")
         if self.schedule not in SCHEDULES:

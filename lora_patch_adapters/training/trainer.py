@@ -6,7 +6,8 @@ For each batch of images x [N, 3, H, W] in [-1, 1] with source labels [N, A]:
    with ``disable_adapter``, no copy of the generator is kept), turned into the training target by
    :meth:`PatchTrainer.make_target` (the bypass trainer keeps ``y_ref``; the watermark trainer stamps the warning);
 2. inner maximisation: protected images from ``attack.protect`` run against the *current* patched generator
-   (PGD eps 0.05, 10 x 0.01 by default; any :class:`~lora_patch_adapters.defenses.base.Defense` works);
+   (PGD eps 0.05, 10 x 0.01 by default; any :class:`~lora_patch_adapters.defenses.base.Defense` works), or a cheaper
+   strategy chosen by ``TrainingConfig.inner`` (:mod:`.inner`: FGSM-RS, free replays, PGD warm starts);
 3. outer minimisation: one Adam step on the patch parameters of
    ``loss(G_p(x), target) + loss(G_p(x_protected), target)``, ``loss`` an :class:`~lora_patch_adapters.losses.MMFALoss`.
 
@@ -41,7 +42,7 @@ from . import checkpoint as ckpt
 from .batches import TrainingData, TrainingResult, as_dataset, epoch_batches
 from .config import TrainingConfig
 from .distributed import Shard, distributed_context, pack, unpack
-from .inner import FreeReplays, inner_attack
+from .inner import FreeReplays, WarmStarts, inner_attack
 from .runtime import frozen, resolve_runtime
 from .seeding import derive_seed, seed_everything, set_rng_state
 
@@ -114,8 +115,11 @@ class PatchTrainer:
         self.model = self._attach(editor, patch, adapter_name)
         self.runtime = resolve_runtime(self.config, editor.device)
         self.attack = inner_attack(self.config.inner, copy.deepcopy(attack) if attack is not None else
-                                   PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE), self.config.inner_steps)
+                                   PGD(eps=PGD_EPS, steps=PGD_STEPS, step_size=PGD_STEP_SIZE), self.config.inner_steps,
+                                   self.config.inner_warm_start)
         self._free = FreeReplays(self.attack.eps) if self.config.inner == "free" else None
+        self._warm = WarmStarts() if self.config.inner_warm_start else None
+        self._row_images: list[int] | None = None  # dataset index of each row being attacked (warm starts)
         self.loss = (loss if loss is not None else self.default_loss()).to(editor.device)
         self.parameters = patch_parameters(self.model)
         if not self.parameters:
@@ -214,10 +218,21 @@ class PatchTrainer:
         ``inner="free"`` the perturbation of this replay (see :mod:`.inner`), a leaf collecting its input gradient."""
         if self._free is not None:
             return self._free.protect(self._slot, x, seed, noise_rows)
-        if not self.runtime.fast:
-            return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
-        with frozen(self.parameters), inputs_already_checked():
-            return self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
+        warm = self._warm is not None and self._row_images is not None
+        if warm:
+            self.attack.start_from = self._warm.start(x, self._row_images, self.attack.eps, seed, noise_rows)
+        try:
+            if not self.runtime.fast:
+                protected = self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
+            else:
+                with frozen(self.parameters), inputs_already_checked():
+                    protected = self.attack.protect(x, self.editor, condition, seed=seed, noise_rows=noise_rows)
+        finally:
+            if warm:
+                self.attack.start_from = None
+        if warm:
+            self._warm.keep(self._row_images, protected - x)
+        return protected
 
     def _reference(self, x: torch.Tensor, condition: Any, cache_keys: list[tuple] | None) -> torch.Tensor:
         """The frozen base generator's clean edit, from the cross-epoch cache when every row is in it ("free": computed
@@ -310,6 +325,8 @@ class PatchTrainer:
                 noise_rows, cache_keys = self._rows(g, k, images.shape[0], x.shape[0], shard)
                 seed = derive_seed(self.config.seed, self.step, g, k)
                 self._slot = (g, k)
+                self._row_images = None if shard is None else [
+                    shard.indices[p] for _, p in self._row_layout(g, k, images.shape[0], x.shape[0])]
                 def scaled(value: torch.Tensor) -> torch.Tensor:  # this forward's share of the step's mean loss
                     return value / len(group) if weight is None else value * (weight / len(group))
 
@@ -457,7 +474,8 @@ class PatchTrainer:
             self.checkpoints = self.checkpoints[-self.config.keep_checkpoints :]
             return path
         path = ckpt.save_checkpoint(self.output_dir, self.model, self.adapter_name, self.optimizer,
-                                    self.trainer_state(), self.config.keep_checkpoints)
+                                    self.trainer_state(), self.config.keep_checkpoints,
+                                    inner=self._warm.state() if self._warm is not None else None)
         self.checkpoints = [p for p in self.checkpoints if os.path.isdir(p)] + [path]
         return path
 
@@ -482,6 +500,8 @@ class PatchTrainer:
         set_rng_state(data["rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history = list(state.get("history", []))
+        if self._warm is not None:
+            self._warm.load(data.get("inner") or {})
 
     # ------------------------------------------------------------------------------------------------------ loop
     def train(self, data: TrainingData, resume_from: str | None = None, num_workers: int = 0,

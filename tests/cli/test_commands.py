@@ -584,5 +584,8 @@ def test_train_with_a_cheaper_inner_maximisation(tmp_path, capsys):
     err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "x"), *TINY, "--inner", "fgsm_rs",
                                    "--inner-steps", "3"], 2)
     assert "--inner-steps applies to --inner pgd only" in err and not (tmp_path / "x").exists()
+    err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "x"), *TINY, "--inner", "free",
+                                   "--inner-warm-start"], 2)
+    assert "--inner-warm-start applies to --inner pgd only" in err and not (tmp_path / "x").exists()
     err = _one_line_error(capsys, ["train", "--out", str(tmp_path / "x"), "--inner", "trades"], 2)
     assert "invalid choice: 'trades'" in err

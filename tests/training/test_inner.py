@@ -14,8 +14,9 @@ from lora_patch_adapters.training.inner import FGSM_RS_STEP
 from .conftest import quick_config, tiny_data, tiny_editor
 
 EPS = 0.05
-STRATEGIES = [("pgd", {}), ("pgd", {"inner_steps": 2}), ("fgsm_rs", {}), ("free", {"replays": 3})]
-IDS = ["pgd", "pgd-2", "fgsm_rs", "free"]
+STRATEGIES = [("pgd", {}), ("pgd", {"inner_steps": 2}), ("pgd", {"inner_warm_start": True}), ("fgsm_rs", {}),
+              ("free", {"replays": 3})]
+IDS = ["pgd", "pgd-2", "pgd-warm", "fgsm_rs", "free"]
 
 
 def _trainer(inner: str, output_dir=None, schedule="batched", **config) -> BypassTrainer:
@@ -85,6 +86,26 @@ def test_resume_is_bit_identical(inner, extra, tmp_path):
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+def test_warm_starts_are_checkpointed_and_resume_bit_identically(tmp_path):
+    data = tiny_data(4)  # 2 batches per epoch: the second epoch starts every attack from the first one's end
+    settings = {"schedule": "per_condition", "inner_warm_start": True, "max_steps": None, "epochs": 2,
+                "checkpoint_every": 1, "keep_checkpoints": 4}
+    full = _trainer("pgd", output_dir=str(tmp_path / "full"), **settings)
+    full.train(data)
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-000002"
+    assert (checkpoint / "inner_state.pt").is_file()
+    resumed = _trainer("pgd", output_dir=str(tmp_path / "resumed"), **settings)
+    resumed.train(data, resume_from=str(checkpoint))
+    assert sorted(resumed._warm.deltas) == sorted(full._warm.deltas)
+    assert all(torch.equal(resumed._warm.deltas[i], full._warm.deltas[i]) for i in full._warm.deltas)
+    assert [h["loss"] for h in resumed.history[-2:]] == [h["loss"] for h in full.history[-2:]]
+    a, b = _patch(full), _patch(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    fresh = _trainer("pgd", output_dir=str(tmp_path / "fresh"), **{**settings, "inner_warm_start": False})
+    fresh.train(data)
+    assert fresh.history[-1]["loss"] != full.history[-1]["loss"]  # the warm starts changed the second epoch
+
+
 def test_what_each_strategy_runs():
     x, labels = tiny_data(2)
     conditions = len(tiny_editor().conditions(labels))
@@ -105,6 +126,31 @@ def test_what_each_strategy_runs():
     assert moved.max() <= 2 * EPS + 1e-6 and moved.max() > 0
 
 
+def test_warm_starts_continue_each_images_last_perturbation():
+    x, labels = tiny_data(4)
+    trainer = _trainer("pgd", schedule="per_condition", inner_warm_start=True, max_steps=None, epochs=2)
+    starts = []
+    real = trainer._warm.start
+
+    def recording(images_x, images, eps, seed, noise_rows):
+        stored = {i: trainer._warm.deltas.get(i) for i in images}
+        start = real(images_x, images, eps, seed, noise_rows)
+        starts.append((list(images), stored, (start - images_x).detach()))
+        return start
+
+    trainer._warm.start = recording
+    trainer.train((x, labels))
+    assert sorted(trainer._warm.deltas) == [0, 1, 2, 3]  # one perturbation per training image
+    assert all(d.dtype == torch.float16 and d.abs().max() <= EPS + 1e-3 for d in trainer._warm.deltas.values())
+    reused = [(row, images[row]) for images, stored, _ in starts for row in range(len(images))
+              if stored[images[row]] is not None]
+    assert reused  # later attacks on an image start from its stored perturbation
+    for images, stored, delta in starts:
+        for row, index in enumerate(images):
+            if stored[index] is not None:
+                assert torch.equal(delta[row], stored[index].float())
+
+
 def test_unknown_strategies_and_bad_combinations_are_refused():
     with pytest.raises(ValueError, match=r"TrainingConfig.inner must be one of \['pgd', 'fgsm_rs', 'free'\]"):
         TrainingConfig(inner="trades")
@@ -112,6 +158,8 @@ def test_unknown_strategies_and_bad_combinations_are_refused():
         TrainingConfig(inner="free", inner_steps=3)
     with pytest.raises(ValueError, match="replays"):
         TrainingConfig(inner="free", replays=0)
+    with pytest.raises(ValueError, match="inner_warm_start applies to inner='pgd' only"):
+        TrainingConfig(inner="fgsm_rs", inner_warm_start=True)
     with pytest.raises(ValueError, match="has no eps / step_size"):
         BypassTrainer(tiny_editor(), attack=AntiForgery(), loss=MMFALoss.pixel_only(),
                       config=quick_config(inner="fgsm_rs"))
