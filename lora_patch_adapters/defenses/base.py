@@ -225,7 +225,10 @@ class Defense(ABC):
         return seeded_uniform(like, radius, seed, None if call is None else call.noise_rows)
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        def shown(value: Any) -> str:  # a fitted tensor (e.g. CMUA's perturbation) by its shape, not its values
+            return f"tensor{list(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+
+        fields = ", ".join(f"{k}={shown(v)}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({fields})"
 
 

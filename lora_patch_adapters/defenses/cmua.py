@@ -142,9 +142,8 @@ class CMUA(UniversalDefense):
         return clone
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         names = [e.name for e in self._editors]
-        return f"{type(self).__name__}({fields}{f', editors={names!r}' if names else ''})"
+        return f"{super().__repr__()[:-1]}{f', editors={names!r}' if names else ''})"
 
     def _batches(self, data: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):

@@ -183,3 +183,10 @@ def test_builtin_cmua_fits_across_the_editors_given(pair):
     assert (many.eps, many.steps, many.step_size, many.seed) == (0.04, 4, 0.02, 2)
     with pytest.raises(DefenseLoadError, match="Editors"):
         builtin_defense("cmua", editors=[a, "attgan"])
+
+
+def test_the_repr_shows_a_fitted_perturbation_by_its_shape():
+    defense = CMUA(eps=0.05)
+    defense.perturbation = torch.zeros(1, 3, 8, 8)
+    text = repr(defense)
+    assert "perturbation=tensor[1, 3, 8, 8]" in text and "\n" not in text and len(text) < 300
