@@ -223,7 +223,8 @@ def main() -> None:
     x_protected = defense.protect(x, editor, condition)  # PGD against the patched generator
     with torch.no_grad():
         rows = [x, base.edit(x, condition), editor.edit(x, condition), editor.edit(x_protected, condition)]
-    grid_path = reporting.save_grid(os.path.join(args.out, "grid.png"), rows)
+    grid_path = reporting.save_grid(os.path.join(args.out, "grid.png"), rows, [
+        "input", "base: edit of input", "patched: edit of input", "patched: edit of protected (pgd)"])
     print(f"grid (input / base edit / patched edit / patched edit of the PGD-protected input): {grid_path}")
 
     results_path = os.path.join(args.out, "results.json")

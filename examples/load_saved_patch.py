@@ -171,7 +171,7 @@ def main() -> None:
                   f"max |merged - unmerged| = {(merged - patched).abs().max().item():.2e}")
 
     if args.out:
-        path = reporting.save_grid(args.out, [x, original, patched])
+        path = reporting.save_grid(args.out, [x, original, patched], ["input", "patch off", "patch on"])
         print(f"saved {path} (rows: input, patch off, patch on)")
 
 

@@ -117,3 +117,19 @@ def check_value_range(x: Any, name: str = "images", check_range: bool = True, hi
         else:
             hint = hint_unbounded or "clamp them with x.clamp(-1, 1)"
         raise ValueError(f"{name} must lie in [-1, 1], got values in [{low:.4f}, {high:.4f}] ({hint}).")
+
+
+def state_dict_problems(expected: dict[str, Any], given: dict[str, Any], shown: int = 5) -> list[str]:
+    """What keeps ``given`` (name -> tensor) from loading where ``expected`` (name -> tensor of the right shape) is
+    wanted: ``["missing keys: a, b (+3 more)", "unexpected keys: ...", "wrong shapes: w (3, 3) != (4, 3)"]``, the
+    first ``shown`` of each kind; empty when it matches."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    wrong = [f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in given and given[k].shape != v.shape]
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
+        if keys:
+            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+            problems.append(f"{label}: {', '.join(keys[:shown])}{more}")
+    return problems

@@ -24,7 +24,7 @@ FLOORS = {
     "evaluation": 5,
     "patches": 6,
     "runs": 7,
-    "audit": 8, "forensics": 8,
+    "audit": 8, "forensics": 8, "app": 8,
     "cli": 9,
     "__init__": 10, "__main__": 10, "patch_io": 10, "hub": 10,  # the public surface and moved-module aliases
 }
@@ -142,6 +142,16 @@ def test_the_graph_sees_function_level_imports_and_parent_packages():
     assert "lora_patch_adapters.runs.evaluate" in graph["lora_patch_adapters.cli.evaluate"]
     # importing tuner.fingerprint from patches.format runs tuner/__init__ too
     assert "lora_patch_adapters.tuner" in graph["lora_patch_adapters.patches.format"]
+
+
+def test_the_app_sits_above_runs_and_below_the_cli():
+    graph = import_graph()
+    app_modules = [m for m in MODULES if m == f"{ROOT}.app" or m.startswith(f"{ROOT}.app.")]
+    assert f"{ROOT}.app.session" in app_modules and f"{ROOT}.app.ui" in app_modules
+    imported = set().union(*(graph[m] for m in app_modules))
+    assert any(t.startswith(f"{ROOT}.runs") for t in imported)  # it reuses the runs' patch checks
+    assert not [t for t in imported if t.split(".")[1] in ("cli", "audit", "forensics")]
+    assert f"{ROOT}.app" in graph[f"{ROOT}.cli.app"]
 
 
 def test_find_cycle_finds_a_cycle():

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch.utils.data import Subset
 
-from ..data import testbed_faces
+from ..data import is_hf_data, testbed_faces
 from ..generators import Editor
 from ..runs.errors import RunInputError
 from ..runs.inputs import Inputs, stack
@@ -26,6 +26,8 @@ def audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_images: i
                 "shadow": testbed_faces(shadow_images, seed=seed + 1, split="train"),
                 "description": f"procedural testbed faces (seed {seed}; attacker: train split, evaluation: "
                                f"{n_eval} test-split faces)"}
+    if is_hf_data(inputs.data) and inputs.data_split is None:  # the dataset's own train and test splits
+        return _hub_audit_data(inputs, editor, max_images, shadow_images, n_eval)
     full = inputs.celeba(editor, None)
     test_start = PAPER_TEST_START
     if max_images + shadow_images > test_start:
@@ -40,3 +42,23 @@ def audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_images: i
             "shadow": Subset(full, range(max_images, max_images + shadow_images)),
             "description": f"CelebA from {inputs.data} (attacker: the first {max_images} images; shadow patches: "
                            f"the next {shadow_images}; evaluation: {n_eval} images from row {test_start})"}
+
+
+def _hub_audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_images: int,
+                    n_eval: int) -> dict[str, Any]:
+    """``--data hf:...``: attacker, shadow and fitting images from the dataset's train split, evaluation images from
+    its test (or validation) split."""
+    train, test = inputs.celeba(editor, "paper-train"), inputs.celeba(editor, "paper-test")
+    need = max(max_images + shadow_images, n_eval)
+    if len(train) < need:
+        raise RunInputError(f"the budgets and shadow patches need {need} training images; the {train.split!r} "
+                            f"split of {inputs.data} has {len(train)}")
+    if len(test) < n_eval:
+        raise RunInputError(f"--eval-images {n_eval}: the {test.split!r} split of {inputs.data} has {len(test)} "
+                            f"images; pass --eval-images {len(test)} or fewer")
+    return {"train": Subset(train, range(max_images)), "eval": stack(Subset(test, range(n_eval))),
+            "fit": stack(Subset(train, range(n_eval))),
+            "shadow": Subset(train, range(max_images, max_images + shadow_images)),
+            "description": f"{inputs.data} (attacker: the first {max_images} images of its {train.split!r} split; "
+                           f"shadow patches: the next {shadow_images}; evaluation: the first {n_eval} of its "
+                           f"{test.split!r} split)"}

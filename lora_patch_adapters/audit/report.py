@@ -102,8 +102,13 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
             "defender trained itself (other seeds and images), edited by the attacker's patch." if k else
             "Rows: *before* = base generator; *default* = protection computed on the public base generator, edited "
             "by the patched one; *leakage* = protection recomputed on the attacker's patched generator.")),
-        Block("heading", f"Headline: attacker budget {head}"),
     ]
+    lpips = ev.get("lpips_weights")  # None (or absent in older results): LPIPS was not computed
+    if lpips:
+        blocks.append(Block("paragraph", (
+            "LPIPS: AlexNet LPIPS (Zhang et al. 2018; 0 = identical, higher = more different) with torchvision's "
+            f"ImageNet weights `{os.path.basename(lpips)}`.")))
+    blocks.append(Block("heading", f"Headline: attacker budget {head}"))
     rows = []
     for d in results["defenses"]:
         r = d["success_rates"]
@@ -111,18 +116,22 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
         rows.append([d["name"], _pct(r["before"]), _pct(r["default"][head]), _pct(r["leakage"][head]),
                      _pct(r["patch_aware"][head]) if r["patch_aware"] else "n/a",
                      f"{d['clean_psnr_db'][head]:.2f}",
+                     *([f"{d['clean_lpips'][head]:.4f}"] if lpips else []),
                      f"{cost['images']} img x {cost['epochs']} ep, {_seconds(cost['seconds'])}, "
                      f"{_flops(cost.get('flops'))}"])
     blocks.append(Block("table", header=["defense", "before patching", "after (default)", "after (leakage)",
-                                         "patch-aware defender", "clean PSNR (dB)", "attacker cost"], rows=rows))
+                                         "patch-aware defender", "clean PSNR (dB)",
+                                         *(["clean LPIPS"] if lpips else []), "attacker cost"], rows=rows))
     blocks += [Block("heading", "Defense success rate vs attacker budget"), Block("image", path=CURVES)]
     for d in results["defenses"]:
         r = d["success_rates"]
         attack = _attack_of(results, d)
         blocks.append(Block("heading", f"{d['name']}", level=3))
+        perturbation = d["before"]["perturbation"]
+        lpips_text = f", LPIPS protected vs clean {perturbation['lpips_protected_vs_clean']:.4f}" if lpips else ""
         blocks.append(Block("paragraph", f"`{d['spec']}`: {d['repr']}. Perturbation L-inf (max) "
-                                         f"{d['before']['perturbation']['linf_max']:.4f}, PSNR protected vs clean "
-                                         f"{d['before']['perturbation']['psnr_protected_vs_clean']:.2f} dB."))
+                                         f"{perturbation['linf_max']:.4f}, PSNR protected vs clean "
+                                         f"{perturbation['psnr_protected_vs_clean']:.2f} dB{lpips_text}."))
         table = [
             ["attacker cost (wall clock)", *[_seconds(_cost(results, attack, key)["seconds"]) for key in keys]],
             ["attacker cost (FLOPs)", *[_flops(_cost(results, attack, key).get("flops")) for key in keys]],
@@ -133,6 +142,8 @@ def build_blocks(results: dict[str, Any]) -> list[Block]:
         if r["patch_aware"]:
             table.append(["patch-aware defender", *[_pct(r["patch_aware"][key]) for key in keys]])
         table.append(["clean edit PSNR, patched vs base (dB)", *[f"{d['clean_psnr_db'][key]:.2f}" for key in keys]])
+        if lpips:
+            table.append(["clean edit LPIPS, patched vs base", *[f"{d['clean_lpips'][key]:.4f}" for key in keys]])
         blocks.append(Block("table", header=["budget (images x epochs)", *keys], rows=table))
         if d.get("patch_aware_error"):
             blocks.append(Block("paragraph", f"The patch-aware row failed: {d['patch_aware_error']}"))

@@ -33,6 +33,7 @@ from ..defenses.base import Defense
 from ..defenses.pgd import PGD
 from ..defenses.plugins import load_defense
 from ..evaluation import evaluate_defense, evaluate_patches, fit_universal
+from ..evaluation.lpips import find_lpips_weights, lpips_available
 from ..generators.base import Editor
 from ..generators.ensemble import EnsembleEditor
 from ..losses import MMFALoss
@@ -263,7 +264,8 @@ class Audit:
         fit = self.fit_data if universal else None
         editors = {key: editor for key, (editor, _) in attackers.items()}
         common = {"batch_size": c.eval_batch_size, "threshold": c.threshold, "fit_data": fit,
-                  "progress": self.progress}
+                  "progress": self.progress, "lpips": self.lpips_weights is not None,
+                  "lpips_weights": self.lpips_weights}
         grid = os.path.join(self.out_dir, "grids", f"{_file_name(defense.name)}.png")
         os.makedirs(os.path.dirname(grid), exist_ok=True)
         self.echo(f"{defense.name}: default scenario (protection computed on the base generator), "
@@ -300,6 +302,8 @@ class Audit:
                        "perturbation": first.perturbation},
             "success_rates": rates,
             "clean_psnr_db": {k: r.metrics["patched_clean"]["psnr"] for k, r in default.items()},
+            "clean_lpips": {k: r.metrics["patched_clean"]["lpips"] for k, r in default.items()}
+            if self.lpips_weights is not None else None,
             "robustness": first.transforms,
             "budgets": per_budget,
             "grid": os.path.relpath(grid, self.out_dir),
@@ -313,6 +317,7 @@ class Audit:
         for p in self.base.generator.parameters():
             p.requires_grad_(False)
         self.transforms = standard_transforms(c.jpeg_qualities, c.blur_sigmas)
+        self.lpips_weights = _lpips_weights(self.eval_data[0])
         attackers = self.train_attackers()
         trained = time.perf_counter()
         shadows = self.train_shadows()
@@ -336,11 +341,20 @@ class Audit:
             "defender": {"shadow_patches": [cost for _, cost in shadows]},
             "evaluation": {"images": int(self.eval_data[0].shape[0]),
                            "conditions": len(self.base.conditions(self.eval_data[1][:1].to(self.base.device))),
-                           "threshold": c.threshold, "transforms": list(self.transforms)},
+                           "threshold": c.threshold, "transforms": list(self.transforms),
+                           "lpips_weights": self.lpips_weights},
             "defenses": results,
             "timings": {"attacker_training_seconds": trained - start, "defender_training_seconds": shadowed - trained,
                         "evaluation_seconds": done - shadowed, "total_seconds": done - start},
         }
+
+
+def _lpips_weights(images: torch.Tensor) -> str | None:
+    """The AlexNet weights file LPIPS is reported with (torchvision's cache), or None when it is not cached or the
+    images are too small: decided once per audit, so that every row has the column or none has."""
+    if not lpips_available(size=tuple(images.shape[-2:])):
+        return None
+    return str(find_lpips_weights().resolve())
 
 
 def _file_name(name: str) -> str:

@@ -20,7 +20,7 @@ LR_SCHEDULES = ("constant", "cosine")
 SCHEDULES = ("batched", "per_condition")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
+DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery", "pgd_eot")
 SCENARIOS = ("default", "leakage", "both")
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
 PGD_EPS, PGD_STEPS, PGD_STEP_SIZE = 0.05, 10, 0.01  # the field's PGD (defenses.pgd); tests check they match
@@ -165,8 +165,16 @@ def add_inputs(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run an official generator without --checkpoint on random weights drawn from --seed "
                         "(a smoke test: results are meaningless)")
-    p.add_argument("--data", metavar="DIR", help="CelebA image folder (e.g. celeba/img_align_celeba); with --attr-file")
-    p.add_argument("--attr-file", metavar="FILE", help="CelebA attribute file (list_attr_celeba.txt); with --data")
+    p.add_argument("--data", metavar="DIR|hf:NAME",
+                   help="CelebA image folder (e.g. celeba/img_align_celeba; with --attr-file), or a Hugging Face "
+                        "datasets dataset with an image column and one column per attribute: hf:ORG/NAME[@REVISION] "
+                        "(Hub; HF_HUB_OFFLINE=1 reads the cache only) or hf:PATH (a save_to_disk or data folder); "
+                        "its train split gives paper-train images, its test (or validation) split paper-test images; "
+                        'needs pip install "lora-patch-adapters[datasets]"')
+    p.add_argument("--attr-file", metavar="FILE", help="CelebA attribute file (list_attr_celeba.txt); with --data DIR")
+    p.add_argument("--data-split", metavar="SPLIT",
+                   help="hf: data only: read this one split as a table in CelebA file order, with the paper's rows "
+                        "(paper-train: 0-999, paper-test: 29000-29999), e.g. for a Hub copy of CelebA")
     p.add_argument("--out", metavar="DIR", required=out_required,
                    help="output folder for summary.json, report.md, grid.png" + (" and the patch" if out_required
                                                                                  else ""))

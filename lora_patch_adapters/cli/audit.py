@@ -88,7 +88,7 @@ def add_audit_command(subparsers: Any) -> None:
                     "the shipped testbed editor unless --generator/--checkpoint and CelebA (--data/--attr-file) are "
                     "given. On a CPU, small budgets (e.g. --budgets 16,32,64) take minutes.")
     p.add_argument("--defense", type=_specs, action="append", metavar="SPEC[,SPEC]",
-                   help="a built-in defense (pgd, ifgsm, fgsm, cmua, anti_forgery), module:attribute or "
+                   help="a built-in defense (pgd, ifgsm, fgsm, cmua, anti_forgery, pgd_eot), module:attribute or "
                         f"path/to/file.py[:attribute] (repeatable or comma-separated; default: {DEFAULT_DEFENSES})")
     p.add_argument("--budgets", type=_budgets, default=None, metavar="NxE[,NxE]",
                    help=f"attacker budgets: training images x epochs, comma-separated (default: {DEFAULT_BUDGETS}: "

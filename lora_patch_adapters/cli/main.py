@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .._checks import one_line
 from ..version import __version__
 from ._args import ENCODER_HINT, CLIError, Parser
+from .app import add_app_command
 from .audit import add_audit_command
 from .demo import add_demo_command
 from .evaluate import add_evaluate_command
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_command(sub)
     add_official_commands(sub)  # import-official, export-official
     add_reproduce_command(sub)
+    add_app_command(sub)
     return parser
 
 

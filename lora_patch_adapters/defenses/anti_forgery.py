@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn.functional as F
 
 from ..generators.base import Editor
-from .base import Defense, clean_edits
-from .checks import check_eps, check_lab_eps, check_lr, check_positive_int, check_seed
+from .base import Defense, clean_edits, edit_mse
+from .checks import check_eot, check_eps, check_lab_eps, check_lr, check_positive_int, check_seed
 from .color import denormalise_lab, lab_to_rgb, normalise_lab, rgb_to_lab
 
 __all__ = ["AntiForgery", "ab_perturb", "to_normalised_lab"]
@@ -53,6 +54,10 @@ class AntiForgery(Defense):
     and mapped to [-1, 1]. ``delta`` is optimised with Adam (lr 1e-4, 100 iterations in the paper), taking one target
     condition per iteration in turn (iteration ``i`` uses condition ``i % len(conditions)``).
 
+    EOT: with ``eot=[t_1, ..., t_T]`` each iteration's MSE is the mean over the listed differentiable
+    transformations of the RGB image ``x_adv`` (after the Lab round trip), mean_t MSE(G(t(x_adv), c), G(x, c)),
+    see :func:`~.base.edit_mse` and :mod:`.transforms`; ``"identity"`` is not implied. Default None: the paper's.
+
     The budget is a Lab budget, not an RGB one: 0.05 normalised units is 5.5 a/b units, which can move an RGB channel
     far more than the usual RGB budget of 0.05 (benchmarks/README.md, "Measurements behind defaults", has the
     numbers). ``protect``'s final RGB L-inf
@@ -77,6 +82,8 @@ class AntiForgery(Defense):
             are only the round-off of the Lab round trip, but Adam normalises the gradient, so the first step already
             leaves zero and the loss grows from the second iteration on (see benchmarks/README.md). A random
             start spends most of the budget on noise when lr is as small as the paper's.
+        eot: None (default) or a list of transformation names (``"identity"``, ``"jpeg<Q>"``, ``"blur<S>"``), see
+            above; stored as a tuple of canonical names.
 
     Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1] whose
     normalised Lab a/b channels differ from those of ``x`` by at most ``eps`` and whose lightness is unchanged, up to
@@ -101,6 +108,7 @@ class AntiForgery(Defense):
         seed: int = 0,
         rgb_eps: float | None = None,
         random_start: bool = False,
+        eot: Sequence[str] | None = None,
     ) -> None:
         self.ab_eps = check_lab_eps(eps)
         self.steps = check_positive_int(steps, "steps")
@@ -111,6 +119,7 @@ class AntiForgery(Defense):
             raise TypeError(f"random_start must be True or False, got {random_start!r}.")
         self.random_start = random_start
         self.eps = _UNBOUNDED_RGB_EPS if self.rgb_eps is None else self.rgb_eps
+        self.eot = check_eot(eot)
 
     def initial_delta(self, x: torch.Tensor) -> torch.Tensor:
         """The starting a/b perturbation [N, 2, H, W] for images ``x`` [N, 3, H, W]: zeros, or (``random_start``)
@@ -130,7 +139,7 @@ class AntiForgery(Defense):
             index = step % len(conditions)
             x_adv = (ab_perturb(lab, delta) * 2.0 - 1.0).to(x.dtype)
             # Adam minimises: descend on -MSE. Differentiate w.r.t. delta only, so the editor's .grad stay untouched.
-            loss = -F.mse_loss(editor.edit(x_adv, conditions[index]), references[index])
+            loss = -edit_mse(editor, x_adv, conditions[index], references[index], self.eot)
             (grad,) = torch.autograd.grad(loss, delta)
             delta.grad = grad
             optimizer.step()

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from .._checks import check_images
 from ..generators.base import Editor
 from .checks import check_image_range, check_noise_rows, check_seed
+from .transforms import transform_views
 
 __all__ = ["PGD_EPS", "PGD_STEPS", "PGD_STEP_SIZE", "Conditions", "Defense", "NoiseRows", "UniversalDefense",
-           "as_condition_list", "clean_edits", "disruption_loss", "inputs_already_checked", "project",
+           "as_condition_list", "clean_edits", "disruption_loss", "edit_mse", "inputs_already_checked", "project",
            "seeded_uniform"]
 
 PGD_EPS = 0.05
@@ -62,11 +63,37 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.max(torch.min(x_adv, x + eps), x - eps).clamp(-1.0, 1.0)
 
 
-def disruption_loss(editor: Editor, x_adv: torch.Tensor, conditions: list, references: list) -> torch.Tensor:
-    """Mean over conditions of MSE(editor(x_adv, c), reference_c): the quantity the defenses maximise."""
+def edit_mse(editor: Editor, x_adv: torch.Tensor, condition: Any, reference: torch.Tensor,
+             eot: Sequence[str] | None = None) -> torch.Tensor:
+    """MSE(editor(x_adv, c), reference) for one condition; with ``eot`` (canonical names, see
+    :func:`~.transforms.parse_eot`) the mean over the transformations t of MSE(editor(t(x_adv), c), reference),
+    the reference staying the clean edit of the untransformed image.
+
+    The views [T * N, 3, H, W] go through the editor in one forward when it can stack the condition
+    (:meth:`~lora_patch_adapters.generators.base.Editor.concat_conditions`; the MSE of the concatenation is the mean
+    of the T equal-size MSEs), else one forward per view. Every defense's editor forward goes through here, so EOT
+    means the same in all of them. ``eot=None`` is exactly ``F.mse_loss(editor.edit(x_adv, condition), reference)``.
+    """
+    if eot is None:
+        return F.mse_loss(editor.edit(x_adv, condition), reference)
+    views = transform_views(x_adv, eot)
+    count = len(eot)
+    stacked = editor.concat_conditions([condition] * count) if count > 1 else condition
+    if stacked is not None:
+        return F.mse_loss(editor.edit(views, stacked), reference.repeat(count, *([1] * (reference.dim() - 1))))
+    total = x_adv.new_zeros(())
+    for view in views.chunk(count):
+        total = total + F.mse_loss(editor.edit(view, condition), reference)
+    return total / count
+
+
+def disruption_loss(editor: Editor, x_adv: torch.Tensor, conditions: list, references: list,
+                    eot: Sequence[str] | None = None) -> torch.Tensor:
+    """Mean over conditions of MSE(editor(x_adv, c), reference_c): the quantity the defenses maximise; with ``eot``
+    each term is averaged over the transformations of ``x_adv`` (:func:`edit_mse`)."""
     total = x_adv.new_zeros(())
     for condition, reference in zip(conditions, references):
-        total = total + F.mse_loss(editor.edit(x_adv, condition), reference)
+        total = total + edit_mse(editor, x_adv, condition, reference, eot)
     return total / len(conditions)
 
 
@@ -228,7 +255,10 @@ class Defense(ABC):
         def shown(value: Any) -> str:  # a fitted tensor (e.g. CMUA's perturbation) by its shape, not its values
             return f"tensor{list(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
 
-        fields = ", ".join(f"{k}={shown(v)}" for k, v in vars(self).items() if not k.startswith("_"))
+        # eot=None (no EOT) is left out, so the repr of a plain defense -- recorded in checkpoints and reports --
+        # is what it was before the option existed
+        fields = ", ".join(f"{k}={shown(v)}" for k, v in vars(self).items()
+                           if not k.startswith("_") and not (k == "eot" and v is None))
         return f"{type(self).__name__}({fields})"
 
 

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from .._checks import check_images, check_int, check_number, check_positive_int, check_value_range
+from .transforms import parse_eot
 
-__all__ = ["check_eps", "check_image_range", "check_lab_eps", "check_lr", "check_noise_rows", "check_positive_int",
-           "check_seed", "check_step_size"]
+__all__ = ["check_eot", "check_eps", "check_image_range", "check_lab_eps", "check_lr", "check_noise_rows",
+           "check_positive_int", "check_seed", "check_step_size"]
 
 
 def check_eps(eps: float, name: str = "eps") -> float:
@@ -54,3 +55,13 @@ def check_noise_rows(rows: Any) -> tuple[tuple[int, ...], int]:
 def check_image_range(x: torch.Tensor, what: str = "images") -> None:
     """Images must be float [N, 3, H, W], finite and within [-1, 1] (a small tolerance for rounding)."""
     check_value_range(check_images(x, what), what)
+
+
+def check_eot(eot: Any) -> tuple[str, ...] | None:
+    """The ``eot=`` option of the defenses: None, or a non-empty list of distinct transformation names
+    (``identity``, ``jpeg<Q>``, ``blur<S>``; see :mod:`.transforms`) as a tuple of canonical names, or a clear error
+    naming ``eot`` and the accepted forms."""
+    try:
+        return parse_eot(eot)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc) if str(exc).startswith("eot") else f"eot: {exc}") from None

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 
 from ..generators.base import Editor
 from .base import (
@@ -20,10 +19,11 @@ from .base import (
     UniversalDefense,
     clean_edits,
     disruption_loss,
+    edit_mse,
     project,
     seeded_uniform,
 )
-from .checks import check_eps, check_image_range, check_positive_int, check_step_size
+from .checks import check_eot, check_eps, check_image_range, check_positive_int, check_step_size
 
 __all__ = ["CMUA", "CMUA_IMAGES", "CMUA_MOMENTUM", "CMUA_UPDATES"]
 
@@ -71,6 +71,11 @@ class CMUA(UniversalDefense):
 
     :meth:`protect` is then ``clip(x + delta, -1, 1)``, the same ``delta`` for every image, editor and condition.
 
+    EOT: with ``eot=[t_1, ..., t_T]`` every MSE above (both update rules) becomes its mean over the listed
+    differentiable transformations of ``X`` (``mean_t MSE(G(t(X), c), G(x, c))``, see
+    :func:`~.base.edit_mse` and :mod:`.transforms`); the list is exactly what is averaged (``"identity"`` is not
+    implied). Default None: the published objective.
+
     Args:
         eps: L-inf budget on the [-1, 1] scale, in (0, 1]. Default 0.05 (published).
         steps: iterations per (batch, editor, condition), >= 1. Default 10 (published).
@@ -83,6 +88,8 @@ class CMUA(UniversalDefense):
         factors: editor name -> factor ``f_G`` > 0 (published update only; unnamed editors use 1).
         editors: editors :meth:`fit` always includes, before those it is given (the same object is used once), e.g.
             the generators a CLI run names; they are shared, not copied, by ``copy.deepcopy``.
+        eot: None (default) or a list of transformation names (``"identity"``, ``"jpeg<Q>"``, ``"blur<S>"``), see
+            above; stored as a tuple of canonical names.
 
     Shapes: :meth:`fit` takes images [N, 3, H, W] in [-1, 1] with labels [N, A]; ``protect(x)``: ``x``
     [M, 3, H, W] in [-1, 1] of the same H, W -> [M, 3, H, W] in [-1, 1], within ``eps`` of ``x``;
@@ -109,6 +116,7 @@ class CMUA(UniversalDefense):
         update: str = "published",
         factors: Mapping[str, float] | None = None,
         editors: Sequence[Editor] | None = None,
+        eot: Sequence[str] | None = None,
     ) -> None:
         self.eps = check_eps(eps)
         self.steps = check_positive_int(steps, "steps")
@@ -125,6 +133,7 @@ class CMUA(UniversalDefense):
         self.update = update
         self.factors = _check_factors(factors)
         self._editors = _editor_list(editors, "CMUA(editors=...)", allow_empty=True)
+        self.eot = check_eot(eot)
         self.perturbation: torch.Tensor | None = None  # [1, 3, H, W] once fitted
 
     @property
@@ -214,7 +223,7 @@ class CMUA(UniversalDefense):
         with torch.enable_grad():
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
-                loss = F.mse_loss(editor.edit(x_adv, condition), reference)
+                loss = edit_mse(editor, x_adv, condition, reference, self.eot)
                 (grad,) = torch.autograd.grad(loss, x_adv)
                 stepped = x_adv.detach() + self.step_size * grad.sign()
                 eta = (factor * (stepped - x)).clamp(-self.eps, self.eps).mean(dim=0, keepdim=True)
@@ -233,7 +242,7 @@ class CMUA(UniversalDefense):
         with torch.enable_grad():
             for _ in range(self.steps):
                 x_adv.requires_grad_(True)
-                loss = disruption_loss(editor, x_adv, conditions, references)
+                loss = disruption_loss(editor, x_adv, conditions, references, self.eot)
                 (grad,) = torch.autograd.grad(loss, x_adv)
                 x_adv = project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps)
         batch_mean = (x_adv - x).mean(dim=0, keepdim=True)

@@ -1,5 +1,9 @@
 """Differentiable sRGB <-> CIE L*a*b* (D65) for image tensors, as used by Lab-space defenses (Anti-Forgery).
 
+The conversions are thin wrappers over :mod:`kornia.color` (``rgb_to_lab``, ``lab_to_rgb``, ``rgb_to_linear_rgb``,
+``linear_rgb_to_rgb``), which follow scikit-image's ``rgb2lab`` / ``lab2rgb``. This module adds the package's input
+checks, the Anti-Forgery normalisation and a few documented contracts on top.
+
 Conventions:
 - RGB is gamma-encoded **sRGB in [0, 1]**, channels first: [..., 3, H, W] (usually [N, 3, H, W]). Images of the
   package live in [-1, 1]: convert at the edge with ``(x + 1) / 2`` and back with ``rgb * 2 - 1``.
@@ -7,20 +11,26 @@ Conventions:
 - :func:`normalise_lab` maps Lab to the units Anti-Forgery (Wang et al., IJCAI 2022) perturbs in:
   L -> (L - 50) / 100, a -> a / 110, b -> b / 110 (all roughly within [-1, 1]); :func:`denormalise_lab` inverts it.
 
-The pipeline is the standard one: sRGB decoding (IEC 61966-2-1 piecewise curve: linear below 0.04045, exponent 2.4
-above), the sRGB -> XYZ matrix (D65 primaries), and the CIE f function with epsilon = 216/24389 and
-kappa = 24389/27. The D65 white is taken as the XYZ of sRGB white (the row sums of the matrix), so that RGB (1, 1, 1)
-maps to a = b = 0 exactly.
+Numerics (kornia's, measured): the sRGB -> XYZ matrix has six decimals (:data:`RGB_TO_XYZ`, read from kornia) and the
+white is the tabulated D65 (0.95047, 1.0, 1.08883) (:data:`D65_WHITE`), not the matrix's row sums, so sRGB white
+(1, 1, 1) maps to L = 100 with a, b within 0.01 of 0 (not exactly 0). The CIE f function uses the rounded constants
+epsilon = 0.008856 and 7.787. Results agree with scikit-image to about 1e-12 Lab units in float64.
 
-Everything is differentiable with finite gradients everywhere: the power and cube-root branches are evaluated on
-inputs clamped into their own domain, so the branch ``torch.where`` discards never produces an inf/NaN gradient
-(e.g. at black). :func:`lab_to_rgb` does **not** clamp its output: Lab colours outside the sRGB gamut give RGB values
-outside [0, 1] (clamp them yourself when you need valid images); this keeps rgb -> lab -> rgb an exact round trip.
+Everything is differentiable with finite gradients everywhere, including at black and outside [0, 1] (kornia
+evaluates every power branch on inputs clamped into its own domain, so the branch that ``torch.where`` discards never
+produces an inf/NaN gradient). :func:`lab_to_rgb` does **not** clamp its output (kornia's ``clip=False``): Lab colours
+outside the sRGB gamut give RGB values outside [0, 1] (clamp them yourself when you need valid images), and
+rgb -> lab -> rgb is a round trip to floating-point precision. The one clamp kornia keeps is f_z >= 0 (Z >= 0) for
+extreme colours with b > 200 * f_y, which no sRGB colour reaches. Half-precision inputs are computed in float32 and
+returned in their own dtype.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from kornia import color as kornia_color
 
 __all__ = [
     "AB_SCALE",
@@ -37,30 +47,18 @@ __all__ = [
     "srgb_to_linear",
 ]
 
-# Linear sRGB -> CIE XYZ for the D65 white point (sRGB primaries; rows: X, Y, Z).
-RGB_TO_XYZ = torch.tensor(
-    [
-        [0.4124564, 0.3575761, 0.1804375],
-        [0.2126729, 0.7151522, 0.0721750],
-        [0.0193339, 0.1191920, 0.9503041],
-    ],
-    dtype=torch.float64,
-)
-XYZ_TO_RGB = torch.linalg.inv(RGB_TO_XYZ)
-# XYZ of sRGB white = reference white D65 (0.95047, 1.0, 1.08883).
-D65_WHITE = RGB_TO_XYZ.sum(dim=1)
 
-# sRGB transfer function (IEC 61966-2-1).
-_SRGB_DECODE_THRESHOLD = 0.04045  # on the encoded value
-_SRGB_ENCODE_THRESHOLD = 0.0031308  # on the linear value (= 0.04045 / 12.92)
-_SRGB_SLOPE = 12.92
-_SRGB_GAMMA = 2.4
-_SRGB_A = 0.055
+def _matrix_of(transform: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The [3, 3] matrix of a linear kornia colour transform, read off by applying it to the basis colours."""
+    basis = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)  # three 1x1 images: pure R, G, B
+    return transform(basis)[:, :, 0, 0].T.contiguous()
 
-# CIE Lab constants (exact rational forms).
-_LAB_EPSILON = 216.0 / 24389.0  # (6/29)^3
-_LAB_KAPPA = 24389.0 / 27.0  # (29/3)^3
-_LAB_F_THRESHOLD = 6.0 / 29.0  # f(epsilon)
+
+# Linear sRGB -> CIE XYZ for the D65 white point (rows: X, Y, Z), exactly the matrix kornia applies.
+RGB_TO_XYZ = _matrix_of(kornia_color.rgb_to_xyz)
+XYZ_TO_RGB = _matrix_of(kornia_color.xyz_to_rgb)
+# The D65 reference white kornia divides by (CIE 1931 2-degree observer).
+D65_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 
 # Anti-Forgery normalisation.
 L_OFFSET = 50.0
@@ -77,57 +75,42 @@ def _check_channels(x: torch.Tensor, what: str) -> None:
         raise TypeError(f"{what} must be floating point, got {x.dtype}.")
 
 
-def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``matrix`` [3, 3] applied to the channel dimension (-3) of ``x`` [..., 3, H, W]."""
-    return torch.einsum("ij,...jhw->...ihw", matrix.to(device=x.device, dtype=x.dtype), x)
-
-
-def _channel_view(vector: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A 3-vector shaped to broadcast over the channel dimension of ``like``."""
-    return vector.to(device=like.device, dtype=like.dtype).view(3, 1, 1)
+def _elementwise(transform: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, what: str) -> torch.Tensor:
+    """Apply a per-value kornia transform (which insists on [*, 3, H, W]) to a floating tensor of any shape."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{what} must be floating point, got {x.dtype}.")
+    if x.dim() >= 3 and x.shape[-3] == 3:
+        return transform(x)
+    # The transform works value by value: present the values as one 3-channel image and keep the first channel.
+    return transform(x.reshape(1, 1, -1).expand(3, 1, -1))[0].reshape(x.shape)
 
 
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    """Decode gamma-encoded sRGB to linear RGB (piecewise IEC 61966-2-1 curve); defined for any real input."""
-    linear_part = rgb / _SRGB_SLOPE
-    # Clamp into the power branch's own domain so that its (discarded) gradient stays finite below the threshold.
-    base = (rgb.clamp(min=_SRGB_DECODE_THRESHOLD) + _SRGB_A) / (1.0 + _SRGB_A)
-    power_part = base.pow(_SRGB_GAMMA)
-    return torch.where(rgb <= _SRGB_DECODE_THRESHOLD, linear_part, power_part)
+    """Decode gamma-encoded sRGB to linear RGB (IEC 61966-2-1: linear below 0.04045, exponent 2.4 above).
+
+    Value by value, any shape, any real input (kornia's ``rgb_to_linear_rgb``).
+    """
+    return _elementwise(kornia_color.rgb_to_linear_rgb, rgb, "rgb")
 
 
 def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
-    """Encode linear RGB as gamma-encoded sRGB (inverse of :func:`srgb_to_linear`); defined for any real input."""
-    linear_part = linear * _SRGB_SLOPE
-    power_part = (1.0 + _SRGB_A) * linear.clamp(min=_SRGB_ENCODE_THRESHOLD).pow(1.0 / _SRGB_GAMMA) - _SRGB_A
-    return torch.where(linear <= _SRGB_ENCODE_THRESHOLD, linear_part, power_part)
+    """Encode linear RGB as gamma-encoded sRGB (inverse of :func:`srgb_to_linear`; kornia's ``linear_rgb_to_rgb``).
 
-
-def _lab_f(t: torch.Tensor) -> torch.Tensor:
-    """CIE f(t): cube root above epsilon, the linear segment (kappa t + 16) / 116 below (guarded cube root)."""
-    cube_root = t.clamp(min=_LAB_EPSILON).pow(1.0 / 3.0)
-    linear = (_LAB_KAPPA * t + 16.0) / 116.0
-    return torch.where(t > _LAB_EPSILON, cube_root, linear)
-
-
-def _lab_f_inverse(f: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`_lab_f`: f^3 above 6/29, (116 f - 16) / kappa below."""
-    return torch.where(f > _LAB_F_THRESHOLD, f * f * f, (116.0 * f - 16.0) / _LAB_KAPPA)
+    Value by value, any shape, any real input.
+    """
+    return _elementwise(kornia_color.linear_rgb_to_rgb, linear, "linear")
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB [N, 3, H, W] in [0, 1] -> CIE Lab (D65) [N, 3, H, W]: L in [0, 100], a/b roughly in [-128, 128].
 
-    Computed in the input's floating dtype (use float32 or float64; half precision loses several Lab units).
+    Computed in the input's floating dtype (float16/bfloat16 in float32, rounded back: use float32 or float64, half
+    precision loses several Lab units).
     """
     _check_channels(rgb, "rgb")
-    xyz = _apply_matrix(RGB_TO_XYZ, srgb_to_linear(rgb))
-    f = _lab_f(xyz / _channel_view(D65_WHITE, xyz))
-    fx, fy, fz = f.unbind(dim=-3)
-    lightness = 116.0 * fy - 16.0
-    a = 500.0 * (fx - fy)
-    b = 200.0 * (fy - fz)
-    return torch.stack((lightness, a, b), dim=-3)
+    return kornia_color.rgb_to_lab(rgb)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -136,12 +119,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     Not clamped: out-of-gamut colours give values outside [0, 1].
     """
     _check_channels(lab, "lab")
-    lightness, a, b = lab.unbind(dim=-3)
-    fy = (lightness + 16.0) / 116.0
-    fx = fy + a / 500.0
-    fz = fy - b / 200.0
-    xyz = _lab_f_inverse(torch.stack((fx, fy, fz), dim=-3)) * _channel_view(D65_WHITE, lab)
-    return linear_to_srgb(_apply_matrix(XYZ_TO_RGB, xyz))
+    return kornia_color.lab_to_rgb(lab, clip=False)
 
 
 def normalise_lab(lab: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .base import PGD_EPS
 from .ifgsm import IFGSM
 
@@ -21,6 +23,8 @@ class FGSM(IFGSM):
     Args:
         eps: L-inf budget on the [-1, 1] scale, in (0, 1], and the step size. Default 0.05 (:data:`~.base.PGD_EPS`).
         seed: seed of the start offset (a call's ``protect(..., seed=)`` overrides it). Default 0.
+        eot: None (default) or a list of transformation names to average the objective over, as for
+            :class:`~.ifgsm.IFGSM`.
 
     Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1], within
     ``eps`` of ``x``; deterministic given the seed.
@@ -32,5 +36,5 @@ class FGSM(IFGSM):
 
     name = "fgsm"
 
-    def __init__(self, eps: float = PGD_EPS, seed: int = 0) -> None:
-        super().__init__(eps=eps, steps=1, step_size=eps, seed=seed)
+    def __init__(self, eps: float = PGD_EPS, seed: int = 0, *, eot: Sequence[str] | None = None) -> None:
+        super().__init__(eps=eps, steps=1, step_size=eps, seed=seed, eot=eot)

@@ -3,11 +3,13 @@ implements once for the per-image defenses; :class:`~.pgd.PGD` and :class:`~.fgs
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..generators.base import Editor
 from .base import PGD_EPS, PGD_STEP_SIZE, PGD_STEPS, Defense, clean_edits, disruption_loss, project
-from .checks import check_eps, check_positive_int, check_step_size
+from .checks import check_eot, check_eps, check_positive_int, check_step_size
 
 __all__ = ["IFGSM"]
 
@@ -24,11 +26,21 @@ class IFGSM(Defense):
     exactly at ``x`` (whose edit *is* the reference), so I-FGSM starts from ``x`` plus a tiny seeded offset,
     U(-eps / 100, eps / 100); :class:`~.pgd.PGD` starts from U(-eps, eps) instead.
 
+    EOT (expectation over transformation, Athalye et al. 2018): with ``eot=[t_1, ..., t_T]`` each step's loss is the
+    mean over the listed transformations of MSE(G(t(x + delta), c), G(x, c)) -- the reference stays the clean edit of
+    the untransformed image -- and the gradient flows through differentiable versions of the transformations
+    (:mod:`.transforms`: kornia's JPEG codec and Gaussian blur), so the protection aims to survive them. The list is
+    exactly what is averaged: add ``"identity"`` to keep the untransformed image in the objective. Each step costs
+    T forwards (one batched forward of T * N images when the editor can stack its condition).
+
     Args:
         eps: L-inf budget on the [-1, 1] scale, in (0, 1]. Default 0.05 (:data:`~.base.PGD_EPS`).
         steps: number of steps, >= 1. Default 10 (:data:`~.base.PGD_STEPS`).
         step_size: size of each signed step on the [-1, 1] scale, > 0. Default 0.01 (:data:`~.base.PGD_STEP_SIZE`).
         seed: seed of the start offset (a call's ``protect(..., seed=)`` overrides it). Default 0.
+        eot: None (default: no EOT; the plain objective, bit for bit) or a list of transformation names,
+            ``"identity"``, ``"jpeg<Q>"`` (Q in 1..100) and ``"blur<S>"`` (sigma S pixels), e.g.
+            ``["identity", "jpeg75", "blur1"]``; stored as a tuple of canonical names and shown in the repr.
 
     Shapes: ``protect(x, editor, condition)``: ``x`` [N, 3, H, W] in [-1, 1] -> [N, 3, H, W] in [-1, 1], within
     ``eps`` of ``x``; deterministic given the seed.
@@ -43,11 +55,12 @@ class IFGSM(Defense):
     random_start = False
 
     def __init__(self, eps: float = PGD_EPS, steps: int = PGD_STEPS, step_size: float = PGD_STEP_SIZE,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, eot: Sequence[str] | None = None) -> None:
         self.eps = check_eps(eps)
         self.steps = check_positive_int(steps, "steps")
         self.step_size = check_step_size(step_size)
         self.seed = int(seed)
+        self.eot = check_eot(eot)
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         """The first iterate: ``x`` plus seeded noise of radius ``eps`` (random start) or ``eps / 100``."""
@@ -59,7 +72,7 @@ class IFGSM(Defense):
         x_adv = self._start(x)
         for _ in range(self.steps):
             x_adv.requires_grad_(True)
-            loss = disruption_loss(editor, x_adv, conditions, references)
+            loss = disruption_loss(editor, x_adv, conditions, references, self.eot)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps)
         return x_adv

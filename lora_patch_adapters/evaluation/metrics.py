@@ -8,10 +8,15 @@ can average, filter or count as it needs. All of them are differentiable and run
   CMUA-Watermark (Huang et al. 2022) call the "L2 error"; a sample counts as disrupted when it exceeds 0.05
   (:func:`success`, :func:`success_rate`).
 * :func:`l1` -- mean absolute error on the [-1, 1] scale.
-* :func:`psnr` -- standard PSNR in dB of the images mapped to [0, 1] (data range 1).
-* :func:`ssim` -- standard SSIM (Wang et al. 2004) of the images mapped to [0, 1], same definition as
-  scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-  data_range=1)`` and pytorch-msssim's ``ssim(data_range=1)``.
+* :func:`psnr` -- standard PSNR in dB of the images mapped to [0, 1] (data range 1), computed by torchmetrics'
+  ``peak_signal_noise_ratio``.
+* :func:`ssim` -- standard SSIM (Wang et al. 2004) of the images mapped to [0, 1], computed by torchmetrics'
+  ``structural_similarity_index_measure`` (11 x 11 Gaussian, sigma 1.5) and averaged over the valid region: the
+  definition of scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1)`` and pytorch-msssim's ``ssim(data_range=1)``.
+* :func:`lpips` -- LPIPS (Zhang et al. 2018), torchmetrics' network with torchvision backbone weights read from a
+  local file, never downloaded (:mod:`~lora_patch_adapters.evaluation.lpips`); :func:`lpips_available` says whether
+  they are present.
 * :func:`masked_l2` with :func:`cmua_mask` -- CMUA-Watermark's masked MSE, which only scores the pixels the clean
   edit actually changed.
 
@@ -26,18 +31,23 @@ not depend on the precision the editor ran in.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
 from .._checks import check_images, check_number, check_value_range
+from .lpips import LPIPS_MIN_SIZE, load_lpips, lpips_available
 
 __all__ = [
     "DISRUPTION_THRESHOLD",
     "SSIM_WINDOW_SIZE",
     "cmua_mask",
     "l1",
+    "lpips",
+    "lpips_available",
     "masked_l2",
     "mse",
     "psnr",
@@ -57,6 +67,13 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 _UNBOUNDED_HINT = "clamp generator outputs without a final tanh (HiSD) with y.clamp(-1, 1), or pass check_range=False"
+
+
+def _image_metrics() -> ModuleType:
+    """``torchmetrics.functional.image``, imported on first use (importing torchmetrics takes about two seconds)."""
+    from torchmetrics.functional import image
+
+    return image
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -119,53 +136,45 @@ def psnr(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-10, *, check_range: b
     Identical images (MSE01 = 0) have infinite PSNR. To keep batch means finite the MSE is clamped from below at
     ``eps``, so PSNR is capped at ``-10 * log10(eps)``: 100 dB with the default ``eps=1e-10``. Any MSE01 above
     ``eps`` (every real pair of 8-bit-representable images) gets the exact standard value. Pass ``eps=0`` to get
-    ``+inf`` for identical images instead.
+    ``+inf`` for identical images instead. Samples at the cap have a zero gradient.
+
+    Computed by torchmetrics' ``peak_signal_noise_ratio(data_range=1, dim=(1, 2, 3), reduction="none")``.
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < 1):
         raise ValueError(f"eps must be a number in [0, 1) (the smallest MSE on [0, 1]; it caps PSNR), got {eps!r}.")
     a, b = _check_pair(a, b, check_range)
+
+    def standard(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _image_metrics().peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+
     with torch.autocast(device_type=a.device.type, enabled=False):
-        mse01 = ((a - b) / 2).square().flatten(1).mean(dim=1)
-        if eps > 0:
-            mse01 = mse01.clamp_min(eps)
-        return -10.0 * torch.log10(mse01)
+        x, y = (a + 1) / 2, (b + 1) / 2
+        value = standard(x, y)
+        if eps == 0:
+            return value
+        cap = -10.0 * math.log10(eps)
+        capped = value.detach() >= cap  # MSE01 <= eps
+        if value.requires_grad:
+            # torchmetrics takes log(MSE), whose backward is 0/0 = NaN at MSE 0 even where the cap discards the
+            # value: recompute with the capped samples detached, so that they get a zero gradient (a clamped MSE's).
+            keep = ~capped.view(-1, 1, 1, 1)
+            value = standard(torch.where(keep, x, x.detach()), torch.where(keep, y, y.detach()))
+        return torch.where(capped, torch.full_like(value, cap), value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # SSIM
-#
-# Implemented here rather than imported: pytorch-msssim is not obtainable from this project's package index, and
-# torchmetrics (obtainable) would add torchmetrics + lightning-utilities as runtime dependencies for ~20 lines of
-# math, while computing every map on a reflect-padded image only to crop the padding away again. A separable
-# Gaussian convolution in torch keeps the metric differentiable, device-agnostic and dependency-free; the tests
-# check it against an explicit-loop reference and, when installed, against scikit-image.
-
-
-def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Normalised 1-D Gaussian weights centred on the middle tap, shape [size]."""
-    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    weights = torch.exp(-(coords**2) / (2 * sigma**2))
-    return weights / weights.sum()
-
-
-def _gaussian_filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Per-channel Gaussian filter with no padding (the 'valid' region), as two 1-D convolutions."""
-    channels = x.shape[1]
-    size = window.numel()
-    vertical = window.view(1, 1, size, 1).expand(channels, 1, size, 1)
-    horizontal = window.view(1, 1, 1, size).expand(channels, 1, 1, size)
-    x = F.conv2d(x, vertical, groups=channels)
-    return F.conv2d(x, horizontal, groups=channels)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, check_range: bool = True) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) per sample, of the images mapped to [0, 1]. Returns [N].
 
     Standard parameters: 11 x 11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population
-    (not sample) covariances. The SSIM map is computed per channel on the 'valid' region only (windows that lie
-    entirely inside the image, no padding) and averaged over channels and positions. This is the definition of
-    scikit-image's ``structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-    data_range=1, channel_axis=0)`` and of pytorch-msssim's ``ssim(x, y, data_range=1, size_average=False)``.
+    (not sample) covariances. torchmetrics' ``structural_similarity_index_measure`` computes the SSIM map; it is
+    averaged over channels and the 'valid' positions only (windows that lie entirely inside the image; torchmetrics'
+    own mean would include the border windows of its reflect padding). This is the definition of scikit-image's
+    ``structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
+    channel_axis=0)`` and of pytorch-msssim's ``ssim(x, y, data_range=1, size_average=False)``.
 
     1 means identical; values decrease towards 0 (and can go slightly negative) as structure differs.
     H and W must be at least 11 (the window size).
@@ -177,23 +186,59 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, check_range: bool = True) -> torch
             f"SSIM needs images of at least {SSIM_WINDOW_SIZE}x{SSIM_WINDOW_SIZE} pixels (its Gaussian window size), "
             f"got {height}x{width}; compare larger images or use mse/psnr for tiny ones."
         )
-    c1 = (SSIM_K1 * 1.0) ** 2
-    c2 = (SSIM_K2 * 1.0) ** 2
+    if a.shape[0] == 0:  # torchmetrics cannot split an empty batch
+        return a.new_zeros(0)
     with torch.autocast(device_type=a.device.type, enabled=False):
-        x = (a + 1) / 2
-        y = (b + 1) / 2
-        window = _gaussian_window(SSIM_WINDOW_SIZE, SSIM_SIGMA, x.device, x.dtype)
-        # One grouped convolution for all five local statistics: E[x], E[y], E[x^2], E[y^2], E[xy].
-        stats = _gaussian_filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=1), window)
-        mu_x, mu_y, e_xx, e_yy, e_xy = stats.chunk(5, dim=1)
-        var_x = e_xx - mu_x * mu_x
-        var_y = e_yy - mu_y * mu_y
-        cov_xy = e_xy - mu_x * mu_y
-        numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
-        denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+        # With gaussian_kernel=True torchmetrics sizes the window from sigma: 2 * int(3.5 * 1.5 + 0.5) + 1 = 11.
+        _, ssim_map = _image_metrics().structural_similarity_index_measure(
+            (a + 1) / 2, (b + 1) / 2, gaussian_kernel=True, sigma=SSIM_SIGMA, kernel_size=SSIM_WINDOW_SIZE,
+            reduction="none", data_range=1.0, k1=SSIM_K1, k2=SSIM_K2, return_full_image=True,
+        )
+        border = SSIM_WINDOW_SIZE // 2
         # Every channel has the same number of valid positions, so the mean over (C, H', W') equals the mean over
         # channels of the per-channel means.
-        return (numerator / denominator).flatten(1).mean(dim=1)
+        return ssim_map[..., border : height - border, border : width - border].flatten(1).mean(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LPIPS
+
+
+def lpips(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    net: str = "alex",
+    weights: str | os.PathLike | None = None,
+    check_range: bool = True,
+) -> torch.Tensor:
+    """LPIPS (Zhang et al. 2018) per sample, images in [-1, 1] (LPIPS' own input range). Returns float32 [N].
+
+    torchmetrics' LPIPS network (linear layers from the torchmetrics package) with the ImageNet backbone ``net``
+    ("alex", the usual choice; "vgg"; "squeeze") read from ``weights`` (a ``.safetensors``/``.pth`` state dict of
+    torchvision's model) or else from torchvision's cache ``torch.hub.get_dir()/checkpoints/`` (``TORCH_HOME``).
+    Nothing is downloaded: missing weights raise
+    :class:`~lora_patch_adapters.evaluation.lpips.LpipsWeightsError` naming the expected file; check first with
+    :func:`lpips_available`. The network is built once per (net, weights file, device) and cached.
+
+    0 means identical; larger is more different (typically up to ~0.7). Differentiable in ``a`` and ``b`` (the
+    network is frozen); computed in float32. H and W must be at least :data:`LPIPS_MIN_SIZE` [net] (31 for alex).
+    """
+    if net not in LPIPS_MIN_SIZE:
+        raise ValueError(f"net must be one of {list(LPIPS_MIN_SIZE)} (LPIPS' backbones), got {net!r}.")
+    a, b = _check_pair(a, b, check_range)
+    height, width = a.shape[-2:]
+    if min(height, width) < LPIPS_MIN_SIZE[net]:
+        size = LPIPS_MIN_SIZE[net]
+        raise ValueError(
+            f"LPIPS with net={net!r} needs images of at least {size}x{size} pixels, got {height}x{width}; compare "
+            "larger images (upsample both) or use mse/psnr/ssim."
+        )
+    model = load_lpips(net, weights, a.device)
+    if a.shape[0] == 0:
+        return a.new_zeros(0, dtype=torch.float32)
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return model(a.float(), b.float()).reshape(a.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------

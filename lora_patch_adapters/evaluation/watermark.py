@@ -35,7 +35,9 @@ _PSNR_EPS = 1e-10  # MSE floor on [0, 1]: PSNR capped at 100 dB, as in lora_patc
 
 
 def _masked_psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """PSNR [N] (dB, images mapped to [0, 1]) over the pixels where weight [1, 1, H, W] is 1; capped at 100 dB."""
+    """PSNR [N] (dB, images mapped to [0, 1]) over the pixels where weight [1, 1, H, W] is 1; capped at 100 dB.
+
+    Written here because torchmetrics' PSNR has no pixel mask: this is its definition restricted to the mask."""
     squared = ((a - b) / 2).square() * weight
     count = (weight.sum() * a.shape[1]).clamp_min(1)
     return -10.0 * torch.log10((squared.flatten(1).sum(dim=1) / count).clamp_min(_PSNR_EPS))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights, resnet50
 
-from .._checks import check_positive_int
+from .._checks import check_positive_int, state_dict_problems
 from .errors import EncoderUnavailableError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,17 +159,7 @@ def _load_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
     naming the first few."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     given = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    wrong = [
-        f"{k} {tuple(given[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-        if k in given and given[k].shape != v.shape
-    ]
-    problems = []
-    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
-        if keys:
-            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
-            problems.append(f"{label}: {', '.join(keys[:shown])}{more}")
+    problems = state_dict_problems(expected, given, shown)
     if problems:
         raise ValueError(
             f"{source} is not a state dict of torchvision's resnet50: " + "; ".join(problems) + "."

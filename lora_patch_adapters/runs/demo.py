@@ -33,6 +33,10 @@ from . import reporting
 from .summary import RunSummary
 from .train import before_and_after
 
+WATERMARK_GRID_ROWS = ("input", "base: edit of input", "defensive patch: edit of input",
+                       "protected (PGD vs defensive patch)", "defensive patch: edit of protected")
+"""The captions of ``watermark_grid.png``'s rows."""
+
 
 @dataclass
 class DemoSettings:
@@ -127,6 +131,7 @@ def run_demo(out_dir: str, settings: DemoSettings | None = None, echo: Callable[
         watermark_grid = reporting.save_grid(
             os.path.join(out_dir, "watermark_grid.png"),
             [x, base.edit(x, condition), shield.edit(x, condition), x_protected, shield.edit(x_protected, condition)],
+            WATERMARK_GRID_ROWS,
         )
     watermark_dir = save_patch(defensive, os.path.join(out_dir, "watermark_patch"), metadata={"demo": asdict(s)})
 

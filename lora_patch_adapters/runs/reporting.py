@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torchvision
 
+from .._checks import check_images
+from ..evaluation.grid import default_column_names, save_labelled_grid
 from .summary import RunSummary
 
 SUMMARY = "summary.json"
@@ -22,16 +23,22 @@ REPORT = "report.md"
 GRID = "grid.png"
 
 
-def save_grid(path: str, rows: Sequence[torch.Tensor], row_names: Sequence[str] | None = None) -> str:
-    """A PNG with one row per tensor [k, 3, H, W] in [-1, 1] (rows are cut to the shortest ``k``)."""
+def save_grid(path: str, rows: Sequence[torch.Tensor], row_names: Sequence[str] | None = None,
+              column_names: Sequence[str] | None = None) -> str:
+    """A PNG with one row per tensor [k, 3, H, W] in [-1, 1] (rows are cut to the shortest ``k``), each row captioned
+    with ``row_names`` (default "row 1", ...) and each column with ``column_names`` (default "image 1", ...) in the
+    image itself (:func:`~lora_patch_adapters.evaluation.grid.labelled_grid`); written atomically. Returns ``path``."""
     if not rows:
         raise ValueError("save_grid needs at least one row of images.")
+    for i, row in enumerate(rows):
+        check_images(row, f"grid row {i + 1}", allow_empty=False)
     k = min(r.shape[0] for r in rows)
-    images = torch.cat([r[:k].detach().float().clamp(-1, 1).cpu() for r in rows])
-    grid = torchvision.utils.make_grid(images, nrow=k, normalize=True, value_range=(-1, 1), padding=2)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torchvision.utils.save_image(grid, path)
-    return path
+    row_names = [f"row {i + 1}" for i in range(len(rows))] if row_names is None else row_names
+    column_names = default_column_names(k) if column_names is None else column_names
+    if isinstance(column_names, Sequence) and not isinstance(column_names, str) and len(column_names) != k:
+        raise ValueError(f"column_names has {len(column_names)} name(s) but the grid has {k} column(s) (rows are cut "
+                         "to the shortest row): give one name per column.")
+    return save_labelled_grid(path, [r[:k] for r in rows], row_names, column_names)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -284,9 +284,13 @@ def _first(dataset: Any, n: int | None, flag: str, s: TrainSettings) -> Dataset:
     or fewer of their image files exist."""
     wanted = len(dataset) if n is None else n
     asked = f"{flag} {n}" if n is not None else f"{flag} (default: the whole split, {wanted})"
+    hub = not hasattr(dataset, "image_path")  # --data hf:...: every row holds its image (decoded when read)
+    where = (f"the {dataset.split!r} split of {s.data}" if hub else f"the CelebA {dataset.split} split of "
+             f"{s.attr_file}")
     if wanted > len(dataset):
-        raise RunInputError(f"{asked}: the CelebA {dataset.split} split of {s.attr_file} has {len(dataset)} "
-                            f"images; pass {flag} between 1 and {len(dataset)}")
+        raise RunInputError(f"{asked}: {where} has {len(dataset)} images; pass {flag} between 1 and {len(dataset)}")
+    if hub:
+        return dataset if wanted == len(dataset) else Subset(dataset, range(wanted))
     present = next((i for i in range(wanted) if not dataset.image_path(i).is_file()), wanted)
     if present == 0 < wanted:
         raise RunInputError(f"{asked}: no image of the CelebA {dataset.split} split is under {s.data} "
@@ -375,4 +379,6 @@ def watermark_grid(path: str, patched: Editor, base: Editor, defense: Any, image
     protected = defense.protect(x, patched, condition)
     with torch.no_grad():
         rows = [x, base.edit(x, condition), patched.edit(x, condition), patched.edit(protected, condition)]
-    reporting.save_grid(path, rows)
+    defense_name = getattr(defense, "name", type(defense).__name__)
+    reporting.save_grid(path, rows, ["input", "base: edit of input", "defensive patch: edit of input",
+                                     f"defensive patch: edit of protected ({defense_name})"])

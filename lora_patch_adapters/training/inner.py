@@ -88,8 +88,10 @@ def inner_attack(strategy: str, attack: Defense, inner_steps: int | None, warm_s
     seed = getattr(attack, "seed", 0)
     if strategy == "pgd":
         kind = WarmStartPGD if warm_start else PGD
-        return kind(eps=eps, steps=inner_steps or attack.steps, step_size=attack.step_size, seed=seed)
-    return PGD(eps=eps, steps=1, step_size=FGSM_RS_STEP * eps, seed=seed)  # fgsm_rs; free: eps only
+        return kind(eps=eps, steps=inner_steps or attack.steps, step_size=attack.step_size, seed=seed,
+                    eot=getattr(attack, "eot", None))  # an EOT attack keeps its transformations
+    return PGD(eps=eps, steps=1, step_size=FGSM_RS_STEP * eps, seed=seed,
+               eot=getattr(attack, "eot", None))  # fgsm_rs; free: eps only
 
 
 class FreeReplays:

@@ -14,9 +14,11 @@ from PIL import Image
 
 import lora_patch_adapters as lpa
 from lora_patch_adapters.audit import AuditConfig, parse_budgets, run_audit, write_report
+from lora_patch_adapters.audit.runner import Audit
 from lora_patch_adapters.defenses.plugins import PluginDefense, load_defense
 from lora_patch_adapters.evaluation import evaluate_defense
 from lora_patch_adapters.patches import load_patch
+from tests.evaluation.test_grid import assert_captioned
 
 TOY = dict(eval_images=2, batch_size=2, shadow_patches=1, inner_steps=1, defense_steps=1, jpeg_qualities=(75,),
            blur_sigmas=(1.0,), init="zero", lr=3e-3, seed=3)
@@ -106,6 +108,17 @@ def test_report_files_are_self_contained_and_agree_with_the_results(audit):
         assert f"]({defense['grid']})" in markdown
 
 
+def test_every_defense_grid_carries_its_captions(audit):
+    _, results, out, _ = audit
+    grids = {d["name"]: assert_captioned(os.path.join(out, d["grid"]), 6, 2, 64, 64) for d in results["defenses"]}
+    pgd, cmua = grids["pgd"], grids["cmua"]
+    assert pgd.shape == cmua.shape  # the same widest caption: "patch 4x1: edit of protected"
+    top, left = pgd.shape[0] - (2 + 6 * 66), pgd.shape[1] - (2 + 2 * 66)
+    assert (pgd[: top + 67, :left] == cmua[: top + 67, :left]).all()  # the blank corner, row 1: "input"
+    assert (pgd[top + 67 : top + 133, :left] != cmua[top + 67 : top + 133, :left]).any()  # "protected (<defense>)"
+    assert (pgd[:top] == cmua[:top]).all()  # the column captions "image 1", "image 2"
+
+
 def test_defense_attacker_and_a_plugin_that_cannot_be_patch_aware(tmp_path):
     def three_channels_only(x, editor, condition):
         with torch.no_grad():
@@ -136,3 +149,50 @@ def test_configuration_errors(tmp_path):
         AuditConfig(attack_with="magic")
     with pytest.raises(ValueError, match="at least one defense"):
         AuditConfig(defenses=[])
+
+
+def _untrained_patch(self, data, budget, seed, attack, directory):
+    """Audit._train without the training: LPIPS reporting does not depend on it (keeps the test fast)."""
+    cost = {"images": budget.images, "epochs": budget.epochs, "image_passes": budget.image_passes, "batches": 1,
+            "seconds": 0.1, "flops": 1, "device": self.device, "seed": seed, "final_loss": 0.0, "patch": directory}
+    return self.make_editor(), cost
+
+
+def _tiny_lpips_audit(out: Path) -> dict:
+    config = AuditConfig(budgets=parse_budgets("1"), defenses=["pgd"], eval_images=1, batch_size=1, shadow_patches=0,
+                         inner_steps=1, defense_steps=1, jpeg_qualities=(), blur_sigmas=(), init="zero", seed=3)
+    results = run_audit(config, _editor, lpa.testbed_faces(1, seed=3, split="train"),
+                        lpa.testbed_faces(1, seed=3, split="test"), str(out), echo=lambda line: None)
+    write_report(results, str(out))
+    return results
+
+
+def test_lpips_column_appears_only_with_cached_weights(tmp_path, monkeypatch):
+    from tests.evaluation.test_lpips import install_alexnet
+
+    home = tmp_path / "torch_home"  # never the real ~/.cache
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(Audit, "_train", _untrained_patch)
+
+    without = _tiny_lpips_audit(tmp_path / "without")
+    assert without["evaluation"]["lpips_weights"] is None
+    assert without["defenses"][0]["clean_lpips"] is None
+    markdown = (tmp_path / "without" / "report.md").read_text()
+    assert "LPIPS" not in markdown and "LPIPS" not in (tmp_path / "without" / "report.html").read_text()
+
+    weights = install_alexnet(home)
+    results = _tiny_lpips_audit(tmp_path / "with")
+    assert results["evaluation"]["lpips_weights"] == str(weights.resolve())
+    pgd = results["defenses"][0]
+    default = pgd["budgets"]["1x1"]["default"]
+    assert default["lpips_weights"] == str(weights.resolve())
+    assert pgd["clean_lpips"]["1x1"] == default["metrics"]["patched_clean"]["lpips"] == 0  # the "patch" is the base
+    assert pgd["budgets"]["1x1"]["leakage"]["metrics"]["base_protected"]["lpips"] > 0
+    markdown = (tmp_path / "with" / "report.md").read_text()
+    assert "| clean PSNR (dB) | clean LPIPS | attacker cost |" in markdown
+    assert f"| clean edit LPIPS, patched vs base | {pgd['clean_lpips']['1x1']:.4f} |" in markdown
+    lpips_perturbation = pgd["before"]["perturbation"]["lpips_protected_vs_clean"]
+    assert f"LPIPS protected vs clean {lpips_perturbation:.4f}" in markdown
+    assert f"`{weights.name}`" in markdown
+    assert "<th>clean LPIPS</th>" in (tmp_path / "with" / "report.html").read_text()

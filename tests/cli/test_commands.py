@@ -24,6 +24,7 @@ import torch
 
 from lora_patch_adapters import PRESETS, __version__, cli
 from lora_patch_adapters.cli import main
+from tests.evaluation.test_grid import assert_captioned
 from tests.helpers import fake_celeba
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_parser_choices_match_the_library():
     assert cli.SPLITS == tuple(SPLITS) and cli.GATES == GATE_TYPES and cli.INITS == INIT_SCHEMES
     assert cli.LR_SCHEDULES == LR_SCHEDULES and cli.SCHEDULES == SCHEDULES and cli.POSITIONS == POSITIONS
     assert cli.PRECISIONS == PRECISIONS and cli.COMPILE_MODES == COMPILE_MODES
-    assert cli.DEFENSES == tuple(d.name for d in (PGD, IFGSM, FGSM, CMUA, AntiForgery))
+    assert cli.DEFENSES == (*(d.name for d in (PGD, IFGSM, FGSM, CMUA, AntiForgery)), "pgd_eot")
     assert cli.DEFENSES == BUILTIN_DEFENSES
 
 
@@ -274,6 +275,7 @@ def test_train_writes_summary_report_grid_and_a_loadable_patch(bypass_run, capsy
     assert summary["evaluation"]["default"]["n_images"] == 1
     assert summary["patch"] == str(bypass_run / "patch")
     assert "| pgd | default |" in (bypass_run / "report.md").read_text()
+    assert_captioned(bypass_run / "grid.png", 6, 1, 64, 64)  # the protocol's rows, one evaluation image
 
     meta = json.loads((bypass_run / "patch" / "lora_patch.json").read_text())["training"]
     assert meta["kind"] == "bypass" and meta["generator"] == "testbed"
@@ -380,6 +382,7 @@ def test_train_defensive_and_evaluate_reports_the_warning(tmp_path, capsys):
     meta = json.loads((out / "patch" / "lora_patch.json").read_text())["training"]
     assert meta["kind"] == "watermark" and meta["watermark"]["position"] == "top-left"
     assert meta["watermark"]["strength"] == 1.5
+    assert_captioned(out / "grid.png", 4, 1, 64, 64)  # input, base edit, patched edit, patched edit of protected
 
     evaluation = tmp_path / "eval"
     assert main(["evaluate", str(out / "patch"), "--images", "1", "--defense", "fgsm", "--scenario", "default",
@@ -411,6 +414,8 @@ def test_demo_quick_in_a_real_process(tmp_path):
     assert isinstance(summary["clean_psnr_db"], float) and summary["reload_max_abs_diff"] == 0.0
     assert summary["seconds"] > 0 and summary["settings"]["train_images"] == cli.QUICK_DEMO["train_images"]
     assert (out / "report.md").is_file() and (out / "grid.png").is_file()
+    assert_captioned(out / "grid.png", 6, 1, 64, 64)
+    assert_captioned(out / "watermark_grid.png", 5, 1, 64, 64)
 
 
 def test_parser_defaults_are_the_run_settings_defaults():

@@ -127,3 +127,80 @@ def test_unbatched_and_shape_errors():
         rgb_to_lab(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
     with pytest.raises(TypeError, match="torch.Tensor"):
         normalise_lab([[0.0]])
+
+
+# ------------------------------------------------------------------------------------------------ scikit-image
+# An independent implementation (NumPy, HWC): the kornia-backed conversions must agree with it.
+
+
+def _skimage(function_name: str, images: torch.Tensor) -> torch.Tensor:
+    """Apply skimage.color.<function_name> to each [3, H, W] image of a batch, back to [N, 3, H, W] float64."""
+    skcolor = pytest.importorskip("skimage.color")
+    function = getattr(skcolor, function_name)
+    converted = [torch.from_numpy(function(image.permute(1, 2, 0).double().numpy())) for image in images]
+    return torch.stack(converted).permute(0, 3, 1, 2)
+
+
+def _skimage_lab(rgb: torch.Tensor) -> torch.Tensor:
+    return _skimage("rgb2lab", rgb)
+
+
+def _skimage_rgb(lab: torch.Tensor) -> torch.Tensor:
+    return _skimage("lab2rgb", lab)
+
+
+def test_rgb_to_lab_matches_scikit_image():
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(2, 3, 12, 10, generator=g, dtype=torch.float64)
+    rgb[0, :, 0, :3] = torch.tensor([[0.0, 1.0, 0.04045]] * 3)  # black, white and the sRGB seam
+    want = _skimage_lab(rgb)
+    torch.testing.assert_close(rgb_to_lab(rgb), want, atol=1e-9, rtol=0)
+    # float32 carries about 1e-4 Lab units of rounding
+    torch.testing.assert_close(rgb_to_lab(rgb.float()).double(), want, atol=1e-3, rtol=0)
+
+
+def test_lab_to_rgb_matches_scikit_image_in_gamut():
+    g = torch.Generator().manual_seed(1)
+    lab = _skimage_lab(torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64) * 0.9 + 0.05)
+    torch.testing.assert_close(lab_to_rgb(lab), _skimage_rgb(lab), atol=1e-9, rtol=0)
+
+
+def test_white_maps_to_neutral_within_kornia_rounding():
+    # kornia's RGB->XYZ matrix rows do not sum exactly to its D65 white: white is neutral to 0.01 Lab units, not 0.
+    lab = rgb_to_lab(torch.ones(1, 3, 1, 1, dtype=torch.float64)).flatten()
+    assert lab[0].item() == pytest.approx(100.0, abs=1e-6)
+    assert abs(lab[1].item()) < 0.01 and abs(lab[2].item()) < 0.01
+
+
+def test_matrices_are_inverse_and_white_is_near_row_sums():
+    from lora_patch_adapters.defenses.color import RGB_TO_XYZ, XYZ_TO_RGB
+
+    torch.testing.assert_close(XYZ_TO_RGB @ RGB_TO_XYZ, torch.eye(3, dtype=torch.float64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(RGB_TO_XYZ.sum(dim=1), D65_WHITE, atol=1e-4, rtol=0)
+    # Lab of a linear-RGB colour follows from the matrix and the white point (CIE formulas, exact constants).
+    linear = torch.tensor([0.3, 0.6, 0.1], dtype=torch.float64)
+    xyz = RGB_TO_XYZ @ linear / D65_WHITE
+    f = xyz ** (1 / 3)  # all above epsilon
+    want = torch.stack([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+    rgb = linear_to_srgb(linear.view(1, 3, 1, 1))
+    torch.testing.assert_close(rgb_to_lab(rgb).flatten(), want, atol=1e-9, rtol=0)
+
+
+def test_transfer_functions_accept_any_shape():
+    values = torch.linspace(-0.2, 1.2, 24, dtype=torch.float64)
+    as_image = values.view(2, 3, 2, 2)
+    torch.testing.assert_close(srgb_to_linear(values), srgb_to_linear(as_image).flatten())
+    torch.testing.assert_close(linear_to_srgb(values), linear_to_srgb(as_image).flatten())
+    assert srgb_to_linear(values[:5]).shape == (5,)
+    with pytest.raises(TypeError, match="floating point"):
+        srgb_to_linear(torch.arange(3))
+
+
+@pytest.mark.parametrize("value", [-0.3, -0.055, 1.4])
+def test_gradients_finite_outside_unit_range(value):
+    rgb = torch.full((1, 3, 2, 2), value, requires_grad=True)
+    rgb_to_lab(rgb).square().sum().backward()
+    assert torch.isfinite(rgb.grad).all()
+    linear = torch.full((5,), value, requires_grad=True)
+    (srgb_to_linear(linear).sum() + linear_to_srgb(linear).sum()).backward()
+    assert torch.isfinite(linear.grad).all()

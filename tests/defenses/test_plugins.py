@@ -99,7 +99,7 @@ def plugin_file(tmp_path):
 
 
 def test_builtins_by_name_with_field_settings():
-    assert BUILTIN_DEFENSES == ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery")
+    assert BUILTIN_DEFENSES == ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery", "pgd_eot")
     pgd = load_defense("pgd", eps=0.04, seed=3)
     assert isinstance(pgd, PGD) and (pgd.eps, pgd.steps, pgd.seed) == (0.04, 10, 3)
     assert pgd.step_size == pytest.approx(0.008)

@@ -208,6 +208,25 @@ def test_gradients_flow_through_mse_psnr_ssim_masked_l2():
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_psnr_gradient_is_zero_at_the_cap_and_finite():
+    # identical samples sit at the 100 dB cap: zero gradient (as a clamped MSE), never NaN from log(0)
+    target = _smooth_images(2, 16, 16, seed=22)
+    x = target.clone()
+    x[1] = (x[1] + 0.1).clamp(-1, 1)
+    x.requires_grad_(True)
+    values = psnr(x, target)
+    assert values[0].item() == pytest.approx(100.0)
+    (grad,) = torch.autograd.grad(values.sum(), x)
+    assert torch.isfinite(grad).all()
+    assert grad[0].abs().sum() == 0 and grad[1].abs().sum() > 0
+
+
+def test_empty_batches_give_empty_results():
+    empty = torch.zeros(0, 3, 16, 16)
+    for fn in (mse, l1, psnr, ssim):
+        assert fn(empty, empty).shape == (0,), fn.__name__
+
+
 def test_ssim_and_psnr_gradcheck():
     target = _smooth_images(1, 12, 12, seed=20).double()
     x = (target + 0.2 * _images(1, 12, 12, dtype=torch.float64, seed=21)).clamp(-0.9, 0.9).requires_grad_(True)

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from PIL import Image
 
 import lora_patch_adapters as lpa
 from lora_patch_adapters.defenses import CMUA, PGD
 from lora_patch_adapters.evaluation import GROUPS, EvaluationResult, compare, evaluate_defense
+from tests.evaluation.test_grid import assert_captioned
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,9 @@ def test_identity_patch_reports_equal_before_and_after(testbed, tmp_path):
     assert result.metrics["patched_clean"]["mse"] == 0 and result.metrics["patched_clean"]["ssim"] == pytest.approx(1)
     assert result.metrics["base_protected"]["mse"] > 0
     assert result.perturbation["linf_max"] <= 0.05 + 1e-6
-    grid = Image.open(tmp_path / "grid.png")
-    assert grid.size == (2 + 4 * 66, 2 + 6 * 66)  # 4 images x 6 rows of 64 px with 2 px padding
+    # 4 images x 6 rows of 64 px with 2 px padding, captions left of and above them
+    pixels = assert_captioned(tmp_path / "grid.png", 6, 4, 64, 64)
+    assert pixels.shape[0] > 2 + 6 * 66 and pixels.shape[1] > 2 + 4 * 66
     data = json.loads(result.to_json())
     assert set(data["metrics"]) == set(GROUPS)
     assert "pgd" in result.summary() and "pgd" in compare([result])

@@ -36,8 +36,10 @@ from lora_patch_adapters.evaluation import (
     evaluate_defense,
     evaluate_patches,
     fit_universal,
+    labelled_grid,
 )
 from lora_patch_adapters.generators.ensemble import EnsembleEditor
+from tests.evaluation.test_grid import assert_captioned
 
 SIZE = 16  # SSIM needs at least 11 x 11
 OFFSETS = (0.0, 0.125, 0.25, 0.5, 0.25)  # the defense's offset of image i
@@ -441,8 +443,10 @@ def _expected_rows(bias: float) -> list[torch.Tensor]:
 
 
 def _check_grid(path, columns: int, bias: float = BIAS) -> None:
-    pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.float64)
+    # the make_grid part sits in the bottom-right corner, the captions left of it and above it
+    captioned = assert_captioned(path, 6, columns, SIZE, SIZE).astype(np.float64)
     # make_grid(padding=2): 2 px before every tile and after the last one
+    pixels = captioned[-(2 + 6 * (SIZE + 2)) :, -(2 + columns * (SIZE + 2)) :]
     assert pixels.shape == (2 + 6 * (SIZE + 2), 2 + columns * (SIZE + 2), 3)
     for r, row in enumerate(_expected_rows(bias)):
         for j in range(columns):
@@ -452,13 +456,24 @@ def _check_grid(path, columns: int, bias: float = BIAS) -> None:
     assert pixels[:2].max() == 0 and pixels[:, :2].max() == 0  # black padding
 
 
+def _check_captions(path, columns: int, patched: str, bias: float = BIAS) -> None:
+    """The captions are the protocol's six rows (the defense and the shown patch named), one column per image."""
+    names = ["input", "protected (tag-offset)", "base: edit of input", "base: edit of protected",
+             f"{patched}: edit of input", f"{patched}: edit of protected"]
+    expected = np.asarray(labelled_grid([r[:columns] for r in _expected_rows(bias)], names,
+                                        [f"image {j + 1}" for j in range(columns)])).astype(int)
+    written = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    assert written.shape == expected.shape
+    assert np.abs(written - expected).max() <= 1
+
+
 @pytest.mark.parametrize(("grid_images", "columns"), [(3, 3), (4, 4), (10, 5)])
 def test_grid_shows_six_rows_of_the_first_images_for_the_first_condition(tmp_path, grid_images, columns):
     path = tmp_path / "grid.png"
     result = _run(grid_path=str(path), grid_images=grid_images)
     assert result.grid_path == str(path)
-    assert Image.open(path).size == (2 + columns * 18, 2 + 6 * 18)
     _check_grid(path, columns)
+    _check_captions(path, columns, "patched")
 
 
 def test_grid_in_evaluate_patches_shows_the_chosen_patch(tmp_path):
@@ -469,6 +484,7 @@ def test_grid_in_evaluate_patches_shows_the_chosen_patch(tmp_path):
                                grid_patch="large", grid_images=2)
     _check_grid(path, 2, bias=0.25)
     assert results["large"].grid_path == str(path) and results["small"].grid_path is None
+    _check_captions(path, 2, "patch large", bias=0.25)
 
 
 def test_no_grid_path_writes_nothing(tmp_path, monkeypatch):
@@ -481,7 +497,7 @@ def test_no_grid_path_writes_nothing(tmp_path, monkeypatch):
 def test_grid_shows_grid_images_even_when_batches_are_smaller(tmp_path):
     path = tmp_path / "grid.png"
     _run(grid_path=str(path), grid_images=4, batch_size=2)
-    assert Image.open(path).size == (2 + 4 * 18, 2 + 6 * 18)
+    _check_grid(path, 4)
 
 
 # ----------------------------------------------------------------------------------------- 8. universal defenses

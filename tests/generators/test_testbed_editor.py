@@ -12,7 +12,7 @@ from lora_patch_adapters.data import TESTBED_ATTRIBUTES, testbed_edits, testbed_
 from lora_patch_adapters.defenses import PGD
 from lora_patch_adapters.generators import StarGANEditor, load_editor, stargan_conditions
 from lora_patch_adapters.generators.testbed import build_editor, testbed_record
-from lora_patch_adapters.training.testbed_editor import save_editor, train
+from lora_patch_adapters.training.testbed_editor import psnr_01, save_editor, train
 
 
 def _psnr(a, b):
@@ -89,3 +89,11 @@ def test_training_script_is_deterministic_and_round_trips(tmp_path):
     with torch.no_grad():
         first.train()
         assert torch.equal(editor.edit(x, labels), first(x, labels))
+
+
+def test_record_psnr_is_the_batch_psnr_on_the_unit_range():
+    a = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    b = (a + 0.2).clamp(-1, 1)
+    mse01 = (((a + 1) / 2 - (b + 1) / 2) ** 2).mean().item()
+    assert math.isclose(psnr_01(a, b), 10 * math.log10(1 / mse01), rel_tol=1e-5)
+    assert psnr_01(a, a) == 120.0  # identical batches: capped, not infinite

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lora_patch_adapters.runs import Inputs, RunInputError, RunSummary
-from lora_patch_adapters.runs.reporting import print_outputs, write_run
+from lora_patch_adapters.runs.reporting import print_outputs, save_grid, write_run
+from tests.evaluation.test_grid import assert_captioned
 
 
 def _summary() -> RunSummary:
@@ -37,6 +38,40 @@ def test_write_run_writes_the_record_once_and_returns_every_path(tmp_path, capsy
     assert list(write_run(str(tmp_path / "out"), summary)) == ["summary", "report", "grid", "patch"]
     print_outputs({"summary": "a", "grid": "b"})
     assert capsys.readouterr().out == "summary: a\ngrid:    b\n"
+
+
+def test_save_grid_captions_rows_and_columns_and_cuts_rows_to_the_shortest(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.rand(3, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    path = save_grid(str(tmp_path / "out" / "grid.png"), rows, ["clean", "patched"])
+    assert path == str(tmp_path / "out" / "grid.png")
+    named = assert_captioned(path, 2, 2, 32, 32)  # two columns: the shorter row's length
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grid.png", "keep.txt"]
+    default = assert_captioned(save_grid(str(tmp_path / "default.png"), rows), 2, 2, 32, 32)  # "row 1", "image 1"
+    columns = assert_captioned(save_grid(str(tmp_path / "columns.png"), rows, None, ["clean", "edit"]), 2, 2, 32, 32)
+    def differ(a, b) -> bool:
+        return a.shape != b.shape or bool((a != b).any())
+
+    assert (named[-70:, -70:] == default[-70:, -70:]).all()  # the same tiles (2 x 2 of 32 px, padding 2)
+    assert differ(named[-70:, :-70], default[-70:, :-70])  # other row captions
+    assert not differ(columns[-70:, :-70], default[-70:, :-70])  # the same default row captions ...
+    assert differ(columns[:-70, -70:], default[:-70, -70:])  # ... other column captions
+    with pytest.raises(ValueError, match="column_names has 3 name"):
+        save_grid(str(tmp_path / "bad.png"), rows, None, ["a", "b", "c"])
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_the_training_runs_watermark_grid_is_captioned(tmp_path):
+    from lora_patch_adapters import load_editor, testbed_faces
+    from lora_patch_adapters.defenses import FGSM
+    from lora_patch_adapters.runs.train import watermark_grid
+
+    editor = load_editor("testbed")
+    images, labels = testbed_faces(2, seed=0, split="test")
+    watermark_grid(str(tmp_path / "grid.png"), editor, editor, FGSM(), images, labels)
+    assert_captioned(tmp_path / "grid.png", 4, 2, 64, 64)
 
 
 @pytest.mark.parametrize("inputs, usage, fragment", [

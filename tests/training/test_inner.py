@@ -9,7 +9,7 @@ import torch
 from lora_patch_adapters.defenses import PGD, AntiForgery
 from lora_patch_adapters.losses import MMFALoss
 from lora_patch_adapters.training import BypassTrainer, TrainingConfig
-from lora_patch_adapters.training.inner import FGSM_RS_STEP
+from lora_patch_adapters.training.inner import FGSM_RS_STEP, inner_attack
 
 from .conftest import quick_config, tiny_data, tiny_editor
 
@@ -163,3 +163,12 @@ def test_unknown_strategies_and_bad_combinations_are_refused():
     with pytest.raises(ValueError, match="has no eps / step_size"):
         BypassTrainer(tiny_editor(), attack=AntiForgery(), loss=MMFALoss.pixel_only(),
                       config=quick_config(inner="fgsm_rs"))
+
+
+@pytest.mark.parametrize("strategy,inner_steps,warm_start", [("pgd", 3, False), ("pgd", None, True),
+                                                             ("fgsm_rs", None, False)])
+def test_an_eot_attack_keeps_its_transformations_in_the_rebuilt_inner_attack(strategy, inner_steps, warm_start):
+    eot_attack = PGD(eps=0.05, eot=["identity", "jpeg75"])
+    rebuilt = inner_attack(strategy, eot_attack, inner_steps, warm_start)
+    assert rebuilt is not eot_attack and rebuilt.eot == eot_attack.eot
+    assert inner_attack(strategy, PGD(eps=0.05), inner_steps, warm_start).eot is None
