@@ -33,7 +33,7 @@ from ..defenses.base import Defense
 from ..defenses.pgd import PGD
 from ..defenses.plugins import load_defense
 from ..evaluation import evaluate_defense, evaluate_patches, fit_universal
-from ..evaluation.lpips import find_lpips_weights, lpips_available
+from ..evaluation.lpips import LpipsWeightsError, find_lpips_weights, lpips_available
 from ..generators.base import Editor
 from ..generators.ensemble import EnsembleEditor
 from ..losses import MMFALoss
@@ -89,6 +89,7 @@ class AuditConfig:
     jpeg_qualities: tuple[int, ...] = (90, 75, 50)
     blur_sigmas: tuple[float, ...] = (0.5, 1.0)
     grid_images: int = 4
+    lpips_weights: str | None = None  # LPIPS backbone file; None: torchvision's cache when it holds the weights
     seed: int = 42
     device: str = "cpu"
 
@@ -317,7 +318,7 @@ class Audit:
         for p in self.base.generator.parameters():
             p.requires_grad_(False)
         self.transforms = standard_transforms(c.jpeg_qualities, c.blur_sigmas)
-        self.lpips_weights = _lpips_weights(self.eval_data[0])
+        self.lpips_weights = _lpips_weights(self.eval_data[0], c.lpips_weights)
         attackers = self.train_attackers()
         trained = time.perf_counter()
         shadows = self.train_shadows()
@@ -349,12 +350,16 @@ class Audit:
         }
 
 
-def _lpips_weights(images: torch.Tensor) -> str | None:
-    """The AlexNet weights file LPIPS is reported with (torchvision's cache), or None when it is not cached or the
-    images are too small: decided once per audit, so that every row has the column or none has."""
-    if not lpips_available(size=tuple(images.shape[-2:])):
+def _lpips_weights(images: torch.Tensor, weights: str | None = None) -> str | None:
+    """The AlexNet weights file LPIPS is reported with (``weights``, else torchvision's cache), or None when it is
+    not cached or the images are too small: decided once per audit, so that every row has the column or none has.
+    A given ``weights`` file that does not exist is an error, not a silent omission."""
+    if weights is not None and find_lpips_weights(weights=weights) is None:
+        raise LpipsWeightsError(f"LPIPS weights {weights!r}: no such file; pass a .safetensors / .pth state dict of "
+                                "torchvision's alexnet (ImageNet weights), or leave it out to use torchvision's cache.")
+    if not lpips_available(weights=weights, size=tuple(images.shape[-2:])):
         return None
-    return str(find_lpips_weights().resolve())
+    return str(find_lpips_weights(weights=weights).resolve())
 
 
 def _file_name(name: str) -> str:

@@ -111,6 +111,9 @@ def add_audit_command(subparsers: Any) -> None:
                    help="JPEG qualities for the robustness table (default: 90,75,50)")
     g.add_argument("--blur", type=_numbers(float, "sigma"), default=[0.5, 1.0], metavar="S[,S]",
                    help="Gaussian blur sigmas in pixels (default: 0.5,1)")
+    g.add_argument("--lpips-weights", metavar="FILE",
+                   help="LPIPS backbone weights (a .safetensors / .pth state dict of torchvision's alexnet); default: "
+                        "torchvision's cache file when it exists, else no LPIPS column. Nothing is downloaded")
     g = p.add_argument_group("attacker (defaults: the paper's)")
     g.add_argument("--attack-with", choices=ATTACK_WITH, default="pgd",
                    help="inner attack of the bypass training: pgd (one patch per budget, the paper) or defense (one "
@@ -172,7 +175,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
         replays=args.replays if args.inner == "free" else None, feature_weight=args.feature_weight,
         semantic_weight=args.semantic_weight,
         attack_with=args.attack_with, shadow_patches=args.shadow_patches, shadow_images=args.shadow_images,
-        jpeg_qualities=tuple(args.jpeg), blur_sigmas=tuple(args.blur), seed=args.seed, device=args.device)
+        jpeg_qualities=tuple(args.jpeg), blur_sigmas=tuple(args.blur), lpips_weights=args.lpips_weights,
+        seed=args.seed, device=args.device)
     shadow_images = (args.shadow_images or budgets[0].images) if args.shadow_patches else 0
     base = inputs.editor()
     data = audit_data(inputs, base, max(b.images for b in budgets), max(shadow_images, 1), args.eval_images)

@@ -50,6 +50,10 @@ def add_evaluate_command(sub: Any) -> None:
                           help="with --defense cmua: also fit the universal watermark on this editor (repeatable; "
                                "the published CMUA is fitted across StarGAN, AttGAN, HiSD, ...); without a "
                                "checkpoint the editor has random weights drawn from the seed")
+    evaluate.add_argument("--lpips-weights", metavar="FILE",
+                          help="LPIPS backbone weights (a .safetensors / .pth state dict of torchvision's alexnet); "
+                               "default: torchvision's cache file when it exists, else no LPIPS column. Nothing is "
+                               "downloaded")
     evaluate.set_defaults(func=cmd_evaluate)
 
 

@@ -54,6 +54,7 @@ class EvaluateSettings(Inputs):
     allow_missing_fingerprint: bool = False  # a patch recording no base fingerprint (older saves) loads unchecked
     criterion: str = "mse"  # "masked_l2": CMUA-Watermark's masked criterion decides what counts as disrupted
     cmua_editor: list[str] | None = None  # "NAME" or "NAME=CHECKPOINT": more editors CMUA is fitted across
+    lpips_weights: str | None = None  # LPIPS backbone file (None: torchvision's cache when it holds the weights)
     command: str = "evaluate"
     argv: list[str] = field(default_factory=list)
 
@@ -104,6 +105,9 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
 
     if s.criterion not in CRITERIA:
         raise RunInputError(f"--criterion {s.criterion!r}: choose one of {', '.join(CRITERIA)}")
+    if s.lpips_weights is not None and not os.path.isfile(s.lpips_weights):
+        raise RunInputError(f"--lpips-weights {s.lpips_weights!r}: no such file; pass a .safetensors / .pth state "
+                            "dict of torchvision's alexnet (ImageNet weights)")
     if s.cmua_editor and "cmua" not in names:
         raise RunInputError("--cmua-editor applies to --defense cmua only; add it, or drop --cmua-editor")
     watermark = None
@@ -140,7 +144,8 @@ def run_evaluate(settings: EvaluateSettings, echo: Callable[[str], None] = print
                 results.append(evaluate_defense(
                     defense, base, images, labels, patched=editor, scenario=scenario, batch_size=s.batch_size,
                     fit_data=fit_data if name == "cmua" else None, grid_path=None if results else grid_path,
-                    progress=not s.no_progress, criterion=s.criterion))
+                    progress=not s.no_progress, criterion=s.criterion,
+                    lpips=True if s.lpips_weights is not None else None, lpips_weights=s.lpips_weights))
         echo(compare(results))
         header, rows = evaluation_rows(results)
         summary = RunSummary(command=s.command, seed=s.seed, device=s.device, data=data_desc, argv=list(s.argv),
