@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .._checks import one_line
-from ..data import PRESETS, read_image, testbed_faces, to_rgb
+from ..data import PRESETS, make_transform, read_image, testbed_faces
 from ..defenses.base import PGD_EPS
 from ..defenses.plugins import BUILTIN_DEFENSES, load_defense
 from ..evaluation import metrics
@@ -83,17 +83,6 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-def from_pil(image: Image.Image, size: int) -> torch.Tensor:
-    """A PIL image, centre-cropped to a square and resized to ``size`` x ``size`` -> [1, 3, size, size] in [-1, 1]."""
-    image = to_rgb(image)
-    width, height = image.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-    return (array / 127.5 - 1).unsqueeze(0)
-
-
 def prepare_image(image: Any, size: int) -> torch.Tensor:
     """An uploaded image -- a file path, a PIL image, or a uint8 array [H, W], [H, W, 3] or [H, W, 4] -- as
     [1, 3, size, size] in [-1, 1] (centre crop to a square, resize). Files are read with
@@ -109,7 +98,8 @@ def prepare_image(image: Any, size: int) -> torch.Tensor:
         raise TypeError(f"expected an image file path, a PIL image or a uint8 array, got {type(image).__name__}")
     if min(image.size) < 1:
         raise ValueError(f"the uploaded image is empty ({image.size[0]}x{image.size[1]})")
-    return from_pil(image, size)
+    # the package's image pipeline (to_rgb -> centre crop -> resize -> [-1, 1]), the crop being the shorter side
+    return make_transform(crop=min(image.size), size=size)(image).unsqueeze(0)
 
 
 def _check_patch_dir(path: str, flag: str, generator: str) -> dict[str, Any]:
