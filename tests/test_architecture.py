@@ -19,7 +19,7 @@ FLOORS = {
     "_checks": 0, "_io": 0, "version": 0,
     "tuner": 1,
     "generators": 2, "data": 2.5,
-    "defenses": 3, "losses": 3,
+    "defenses": 3, "losses": 3, "removal": 3,
     "training": 4,
     "evaluation": 5,
     "patches": 6,

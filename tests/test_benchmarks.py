@@ -82,3 +82,24 @@ def test_the_flop_counter_counts_a_convolution_exactly():
     conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
     x = torch.randn(2, 3, 16, 16)
     assert count_flops(lambda: conv(x)) == 2 * 8 * 3 * 3 * 3 * 16 * 16 * 2  # 2 FLOPs per multiply-add
+
+
+def test_bench_defensive_removal_reports_both_patches_in_the_promised_schema():
+    out = _run("bench_defensive_removal.py", "--train-images", "4", "--budgets", "4,8", "--attacks", "inpaint,full",
+               "--eval-images", "2", "--hardening", '{"steps": 1}')
+    assert out["device"] == "cpu" and "un-warned base" in out["threat_model"]
+    assert set(out["patches"]) == {"paper", "hardened"}
+    for patch in out["patches"].values():
+        for key in ("visible_before", "psnr_outside_db", "train_seconds", "train_flops", "budgets",
+                    "break_point_flops"):
+            assert key in patch, key
+        assert patch["train_flops"] > 0 and patch["train_seconds"] > 0
+        assert set(patch["budgets"]) == {"4", "8"}
+        for budget in patch["budgets"].values():
+            assert set(budget) == {"visible_after", "psnr_outside_db", "attacker_steps", "attacker_flops",
+                                   "attacker_seconds", "attack"}
+            assert budget["attack"] in ("inpaint", "full") and budget["attacker_flops"] > 0
+        assert patch["budgets"]["8"]["attacker_steps"] == 2 * patch["budgets"]["4"]["attacker_steps"]
+    paper, hardened = out["patches"]["paper"], out["patches"]["hardened"]
+    assert paper["hardening"] is None and hardened["hardening"]["steps"] == 1
+    assert hardened["train_flops"] > paper["train_flops"]  # the simulated attacker costs compute

@@ -14,6 +14,8 @@ from ..runs.inputs import Inputs, stack
 
 PAPER_TEST_START = 29000
 """The first CelebA row of the paper's test images."""
+PAPER_TRAIN_IMAGES = 1000
+"""The paper's training images are CelebA's first 1000 rows."""
 
 
 def audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_images: int, n_eval: int) -> dict[str, Any]:
@@ -62,3 +64,33 @@ def _hub_audit_data(inputs: Inputs, editor: Editor, max_images: int, shadow_imag
             "description": f"{inputs.data} (attacker: the first {max_images} images of its {train.split!r} split; "
                            f"shadow patches: the next {shadow_images}; evaluation: the first {n_eval} of its "
                            f"{test.split!r} split)"}
+
+
+def defensive_audit_data(inputs: Inputs, editor: Editor, max_images: int, n_eval: int) -> dict[str, Any]:
+    """``{"attacker", "eval", "description"}`` of a removal audit: the attacker's photos (images only; testbed: train
+    split faces of another seed than the defender's; CelebA: the rows after the paper's 1000 training images) and
+    held-out (images, labels) for the evaluation (testbed: test split; CelebA: the paper's test rows)."""
+    seed = inputs.seed
+    if inputs.data is None:
+        attacker, _ = testbed_faces(max_images, seed=seed + 1, split="train")
+        return {"attacker": attacker, "eval": testbed_faces(n_eval, seed=seed, split="test"),
+                "description": f"procedural testbed faces (attacker: {max_images} train-split faces of seed "
+                               f"{seed + 1}; evaluation: {n_eval} test-split faces of seed {seed})"}
+    if is_hf_data(inputs.data) and inputs.data_split is None:
+        train, test = inputs.celeba(editor, "paper-train"), inputs.celeba(editor, "paper-test")
+        if len(train) < max_images or len(test) < n_eval:
+            raise RunInputError(f"the removal audit needs {max_images} attacker images and {n_eval} evaluation "
+                                f"images; {inputs.data} has {len(train)} and {len(test)}")
+        return {"attacker": stack(Subset(train, range(max_images)))[0], "eval": stack(Subset(test, range(n_eval))),
+                "description": f"{inputs.data} (attacker: the first {max_images} images of its train split; "
+                               f"evaluation: the first {n_eval} of its test split)"}
+    full = inputs.celeba(editor, None)
+    first = PAPER_TRAIN_IMAGES
+    if first + max_images > PAPER_TEST_START or len(full) < PAPER_TEST_START + n_eval:
+        raise RunInputError(f"the removal audit reads attacker photos from CelebA rows {first}.."
+                            f"{first + max_images - 1} and {n_eval} evaluation images from row {PAPER_TEST_START}; "
+                            f"the attribute file has {len(full)} rows")
+    return {"attacker": stack(Subset(full, range(first, first + max_images)))[0],
+            "eval": stack(Subset(full, range(PAPER_TEST_START, PAPER_TEST_START + n_eval))),
+            "description": f"CelebA from {inputs.data} (attacker: rows {first}..{first + max_images - 1}, after the "
+                           f"paper's training images; evaluation: {n_eval} images from row {PAPER_TEST_START})"}

@@ -53,3 +53,37 @@ def plot_success_curves(results: dict[str, Any], path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_visibility_curves(results: dict[str, Any], path: str) -> str:
+    """A removal audit's curves (``summary.json`` of :mod:`.defensive`): the warning's visibility (%) and the PSNR
+    outside the mark against the attacker's FLOPs, one line per attack, with the break thresholds dashed. Writes a
+    PNG to ``path`` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    config = results["config"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, attack in results["attacks"].items():
+        rows = list(attack["budgets"].values())
+        flops = [max(r["attacker_flops"], 1) for r in rows]
+        left.plot(flops, [100 * r["visible_after"] for r in rows], marker="o", label=name)
+        right.plot(flops, [r["psnr_outside_db"] for r in rows], marker="o", label=name)
+    left.axhline(100 * results["visible_before"], color="0.4", linestyle=":", label="before the attack")
+    left.axhline(100 * config["break_visibility"], color="0.6", linestyle="--", label="break threshold")
+    right.axhline(results["psnr_threshold_db"], color="0.6", linestyle="--", label="break threshold")
+    left.set_ylim(-3, 103)
+    left.set_ylabel("warning visible (%)")
+    right.set_ylabel("PSNR outside the mark (dB)")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("attacker FLOPs")
+        ax.grid(alpha=0.3)
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

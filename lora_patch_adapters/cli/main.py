@@ -17,6 +17,7 @@ from ..version import __version__
 from ._args import ENCODER_HINT, CLIError, Parser
 from .app import add_app_command
 from .audit import add_audit_command
+from .audit_defensive import add_audit_defensive_command
 from .demo import add_demo_command
 from .evaluate import add_evaluate_command
 from .forensics import add_forensics_command
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_hub_commands(sub)  # push, pull, inspect
     add_forensics_command(sub)
     add_audit_command(sub)
+    add_audit_defensive_command(sub)
     add_official_commands(sub)  # import-official, export-official
     add_reproduce_command(sub)
     add_app_command(sub)

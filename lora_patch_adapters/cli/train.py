@@ -11,6 +11,8 @@ from ..training.config import PRESETS as TRAINING_PRESETS
 from ._args import (
     COMPILE_MODES,
     GATES,
+    HARDEN_STEPS,
+    HARDEN_WEIGHT,
     INITS,
     LR_SCHEDULES,
     PGD_EPS,
@@ -136,6 +138,15 @@ def add_train_commands(sub: Any) -> None:
     g.add_argument("--mark-size", type=fraction, metavar="F", default=0.35,
                    help="mark width / image width (default: 0.35)")
     g.add_argument("--strength", type=positive_float, metavar="X", default=2.0, help="pattern multiplier (default: 2)")
+    g = defensive.add_argument_group("hardening (not the paper's recipe; see lora-patch audit-defensive)")
+    g.add_argument("--harden", action="store_true",
+                   help="train the warning against simulated removal attacks (first-order meta-learning: a fresh LoRA "
+                        "attacker fine-tunes the defended generator for --harden-steps steps, the warning must "
+                        "survive); off the fast path only")
+    g.add_argument("--harden-steps", type=positive_int, metavar="K", default=HARDEN_STEPS,
+                   help=f"simulated attacker steps per training forward (default: {HARDEN_STEPS}; with --harden)")
+    g.add_argument("--harden-weight", type=positive_float, metavar="W", default=HARDEN_WEIGHT,
+                   help=f"weight of the loss after the simulated attack (default: {HARDEN_WEIGHT:g}; with --harden)")
     defensive.set_defaults(func=cmd_train, kind="watermark")
 
 

@@ -29,6 +29,7 @@ from ..patches import save_patch
 from ..patches.format import SIDECAR_NAME
 from ..training import BypassTrainer, NonFiniteLossError, TrainingConfig, Watermark, WatermarkTrainer
 from ..training.config import PRESETS as TRAINING_PRESETS
+from ..training.hardening import HardeningConfig
 from ..tuner.config import LoraPatchConfig
 from ..tuner.fingerprint import RANK_RULE, discover_target_modules, rank_bound, resolve_targets
 from ..version import __version__
@@ -90,6 +91,9 @@ class TrainSettings(Inputs):
     position: str = "bottom-right"
     mark_size: float = 0.35
     strength: float = 2.0
+    harden: bool = False  # defensive patches: train against simulated removal attacks (training.hardening)
+    harden_steps: int = 4
+    harden_weight: float = 1.0
     command: str = "train"
     argv: list[str] = field(default_factory=list)
 
@@ -104,7 +108,23 @@ def _inner_words(config: TrainingConfig, attack: Any) -> str:
 
 def _recipe_words(config: TrainingConfig) -> str:
     name = config.preset_name()
-    return f"the {name!r} recipe" if name else "a custom recipe: not one of the training presets"
+    words = f"the {name!r} recipe" if name else "a custom recipe: not one of the training presets"
+    h = config.hardening
+    if h is not None:
+        words += (f"; hardened against simulated removal ({h.steps} attacker steps per forward, ranks "
+                  f"{list(h.ranks)}, lrs {list(h.lrs)}, weight {h.weight:g})")
+    return words
+
+
+def _hardening(s: TrainSettings) -> HardeningConfig | None:
+    """``--harden``'s settings; refused before anything is loaded where they cannot apply."""
+    if not s.harden:
+        return None
+    if s.kind != "watermark":
+        raise RunInputError("--harden applies to defensive patches (train-defensive) only", usage=True)
+    if s.fast:
+        raise RunInputError("--harden runs off the fast path: drop --fast", usage=True)
+    return HardeningConfig(steps=s.harden_steps, weight=s.harden_weight)
 
 
 def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> RunSummary:
@@ -135,7 +155,7 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
         schedule=s.schedule, seed=s.seed, grad_clip=s.grad_clip, checkpoint_every=s.checkpoint_every,
         keep_checkpoints=s.keep_checkpoints, progress=not s.no_progress, precision=s.precision, compile=s.compile,
         cache_references=s.cache_references, force_resume=s.force_resume, inner=s.inner, inner_steps=s.inner_steps,
-        replays=s.replays, inner_warm_start=s.inner_warm_start)
+        replays=s.replays, inner_warm_start=s.inner_warm_start, hardening=_hardening(s))
     attack = PGD(eps=s.eps, steps=s.pgd_steps, step_size=s.pgd_step_size, seed=s.seed)
     loss = MMFALoss(pixel_weight=s.pixel_weight, feature_weight=s.feature_weight, semantic_weight=s.semantic_weight,
                     resnet_weights=s.resnet_weights, blip_model=s.blip_model, local_files_only=s.offline)

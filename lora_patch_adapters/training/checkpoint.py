@@ -54,7 +54,7 @@ _STATE_KEYS = {"step": int, "epoch": int, "batch_in_epoch": int, "kind": str, "c
 PATCH_FIELDS = ("r", "lora_alpha", "scaling", "gate", "gate_init", "init_weights", "target_modules",
                 "include_linear", "exclude_modules", "modules_to_save")
 TRAINING_FIELDS = ("schedule", "batch_size", "seed", "lr", "lr_schedule", "betas", "grad_clip", "inner", "inner_steps",
-                   "replays", "inner_warm_start")
+                   "replays", "inner_warm_start", "hardening")
 FORCE_HINT = "pass force_resume=True (lora-patch train --force-resume) to continue anyway"
 
 
@@ -338,11 +338,17 @@ def describe_run(kind: str, model: peft.PeftModel, adapter_name: str, config: An
     target's settings (a defensive patch's warning)."""
     patch_config = model.peft_config[adapter_name]
     record = {"kind": kind, "patch": {k: _plain(getattr(patch_config, k, None)) for k in PATCH_FIELDS},
-              "training": {k: getattr(config, k) for k in TRAINING_FIELDS}, "attack": repr(attack),
+              "training": {k: _setting(config, k) for k in TRAINING_FIELDS}, "attack": repr(attack),
               "loss": getattr(loss, "weights", type(loss).__name__), "data": data}
     if target is not None:
         record["target"] = target
     return json.loads(json.dumps(record, default=str))
+
+
+def _setting(config: Any, name: str) -> Any:
+    """A training setting as the checkpoint records it (nested settings such as ``hardening`` as their dict)."""
+    value = getattr(config, name, None)
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def run_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .._checks import check_int, check_number
+from .hardening import HardeningConfig
 
 SCHEDULES = ("batched", "per_condition")
 INNER_STRATEGIES = ("pgd", "fgsm_rs", "free")  # see lora_patch_adapters.training.inner
@@ -26,7 +27,7 @@ def _positive_float(name: str, value: Any, allow_none: bool = False) -> None:
 _PAPER: dict[str, Any] = {
     "epochs": 1, "batch_size": 4, "lr": 1e-3, "betas": (0.5, 0.999), "lr_schedule": "constant",
     "schedule": "per_condition", "seed": 42, "fast": False, "precision": "fp32", "channels_last": False,
-    "compile": None, "grad_clip": None, "inner": "pgd", "inner_steps": None,
+    "compile": None, "grad_clip": None, "inner": "pgd", "inner_steps": None, "hardening": None,
 }
 PRESETS: dict[str, dict[str, Any]] = {
     # Qu et al. (arXiv 2510.03747) and their code: Adam lr 1e-3, betas (0.5, 0.999), batch 4, one epoch over 1000
@@ -80,6 +81,8 @@ class TrainingConfig:
     inner_steps: int | None = None  # "pgd": steps of the inner attack; None: the attack's own (10 by default)
     replays: int = 4  # "free": outer updates per batch and condition, each also moving the perturbation
     inner_warm_start: bool = False  # "pgd": start each image's attack where its previous one ended (checkpointed)
+    # ---- defensive patches only: train the warning against simulated removal attacks (training.hardening); None: off
+    hardening: HardeningConfig | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded with checkpoints and reports
 
     def __post_init__(self) -> None:
@@ -122,6 +125,14 @@ class TrainingConfig:
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ValueError(f"TrainingConfig.compile must be None or one of {list(COMPILE_MODES)}, "
                              f"got {self.compile!r}.")
+        if isinstance(self.hardening, dict):
+            self.hardening = HardeningConfig.from_dict(self.hardening)
+        if self.hardening is not None and not isinstance(self.hardening, HardeningConfig):
+            raise TypeError(f"TrainingConfig.hardening must be a HardeningConfig (or its dict) or None, "
+                            f"got {type(self.hardening).__name__}.")
+        if self.hardening is not None and self.fast:
+            raise ValueError("TrainingConfig.hardening runs off the fast path (its simulated attack needs the checked "
+                             "step): pass fast=False.")
         for name in ("cache_references", "force_resume"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainingConfig.{name} must be True or False, got {getattr(self, name)!r}.")
@@ -150,6 +161,7 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["betas"] = list(self.betas)
+        out["hardening"] = self.hardening.to_dict() if self.hardening is not None else None
         return out
 
     @classmethod

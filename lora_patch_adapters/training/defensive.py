@@ -19,6 +19,8 @@ from ..generators.base import Editor
 from ..losses import MMFALoss
 from ..tuner.config import LoraPatchConfig
 from .config import TrainingConfig
+from .seeding import derive_seed
+from .simulated_removal import Hardener
 from .trainer import PatchTrainer
 from .watermark import Watermark
 
@@ -46,6 +48,11 @@ class WatermarkTrainer(PatchTrainer):
         self.watermark = watermark if watermark is not None else Watermark()
         super().__init__(editor, patch=patch, attack=attack, loss=loss, config=config, output_dir=output_dir,
                          adapter_name=adapter_name)
+        hardening = self.config.hardening
+        if hardening is not None and self.runtime.fast:
+            raise ValueError("hardening runs off the fast path (its simulated attack needs the checked step): pass "
+                             "TrainingConfig(fast=False).")
+        self.hardener = Hardener(hardening) if hardening is not None else None
 
     def default_patch_config(self) -> LoraPatchConfig:
         return LoraPatchConfig.from_preset("paper-defensive")
@@ -56,8 +63,36 @@ class WatermarkTrainer(PatchTrainer):
     def make_target(self, reference: torch.Tensor) -> torch.Tensor:
         return self.watermark.target(reference)
 
+    def extra_loss(self, x: torch.Tensor, condition: Any, target: torch.Tensor,
+                   attack_seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """Hardened (``config.hardening``): ``weight`` times the warning's error after a simulated removal attack
+        (term ``warning_after_attack``; :mod:`.hardening`); otherwise nothing."""
+        if self.hardener is None:
+            return None
+        after = self.hardener.after_attack_loss(self, x, condition, target, derive_seed(attack_seed, 1))
+        return self.hardener.config.weight * after, {"warning_after_attack": after.detach()}
+
     def target_settings(self) -> dict[str, Any]:
         return self.watermark.to_dict()
+
+    def training_record(self, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The base record plus the warning's settings (``watermark``), when they can be recorded (a mark given as
+        an in-memory tensor cannot)."""
+        try:
+            mark = {"watermark": self.watermark.to_dict()}
+        except ValueError:
+            mark = {}
+        return super().training_record({**mark, **(metadata or {})})
+
+    def inner_state(self) -> dict[str, torch.Tensor] | None:
+        """The base trainer's, plus a persistent simulated attacker (``hardening.*``) when there is one."""
+        state = {**(super().inner_state() or {}), **(self.hardener.state() if self.hardener is not None else {})}
+        return state or None
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        super()._restore(data)
+        if self.hardener is not None:
+            self.hardener.load(data.get("inner") or {})
 
     def trainer_state(self) -> dict[str, Any]:
         return {**super().trainer_state(), "watermark": self.watermark.to_dict()}

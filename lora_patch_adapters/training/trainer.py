@@ -23,7 +23,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import peft
@@ -45,23 +44,7 @@ from .distributed import Shard, distributed_context, pack, unpack
 from .inner import FreeReplays, WarmStarts, inner_attack
 from .runtime import frozen, resolve_runtime
 from .seeding import derive_seed, seed_everything, set_rng_state
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient became NaN/Inf; the step was not applied."""
-
-
-@dataclass
-class _Pending:
-    """A fast-path step whose numbers are still on the device: loop position before the step, learning rate, host
-    start time, loss terms, max gradient norm, and one non-finite flag per optimiser step."""
-
-    position: tuple[int, int, int]
-    lr: float
-    start: float
-    terms: dict[str, torch.Tensor]
-    grad_norm: torch.Tensor
-    flags: torch.Tensor
+from .step_records import NonFiniteLossError, Pending
 
 
 def patch_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -103,6 +86,9 @@ class PatchTrainer:
         self.config = config if config is not None else TrainingConfig()
         if not isinstance(self.config, TrainingConfig):
             raise TypeError(f"config must be a TrainingConfig, got {type(self.config).__name__}.")
+        if self.config.hardening is not None and self.kind != "watermark":
+            raise ValueError("TrainingConfig.hardening applies to defensive patches (WatermarkTrainer) only; a "
+                             f"{type(self).__name__} has no warning to harden.")
         if attack is not None and not isinstance(attack, Defense):
             raise TypeError(f"attack must be a lora_patch_adapters.defenses Defense, got {type(attack).__name__}.")
         self.dist = distributed_context(editor.device)
@@ -264,7 +250,18 @@ class PatchTrainer:
             loss_protected, terms_protected = self.loss(out_protected, target, target_features)
         terms = {f"{k}_clean": v for k, v in terms_clean.items()}
         terms.update({f"{k}_protected": v for k, v in terms_protected.items()})
-        return loss_clean + loss_protected, terms
+        loss = loss_clean + loss_protected
+        extra = self.extra_loss(x, condition, target, attack_seed)
+        if extra is not None:
+            loss = loss + extra[0]
+            terms.update(extra[1])
+        return loss, terms
+
+    def extra_loss(self, x: torch.Tensor, condition: Any, target: torch.Tensor,
+                   attack_seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """A term a subclass adds to :meth:`compute_loss` (its weighted value, its detached terms), given the images,
+        the condition, the training target and this forward's attack seed; None (the default): nothing."""
+        return None
 
     def _backward_lean(self, x: torch.Tensor, condition: Any, attack_seed: int,
                        noise_rows: tuple[list[int], int] | None, cache_keys: list[tuple] | None,
@@ -289,7 +286,7 @@ class PatchTrainer:
         """One batch (one or, per condition, several optimiser steps); returns the step's record."""
         self._check_batch(x)
         pending = self._step(x, labels)
-        if isinstance(pending, _Pending):
+        if isinstance(pending, Pending):
             return self._read_back([pending])[-1]
         return pending
 
@@ -299,9 +296,9 @@ class PatchTrainer:
         if self.runtime.fast and x.device.type == "cpu":
             check_image_range(x, "training images")
 
-    def _step(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, float] | _Pending:
+    def _step(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, float] | Pending:
         """Run one batch. Off the fast path: checks and records on the host (a float record, appended to the
-        history). On the fast path: no host synchronisation; returns a :class:`_Pending` for :meth:`_read_back`."""
+        history). On the fast path: no host synchronisation; returns a :class:`Pending` for :meth:`_read_back`."""
         start = time.perf_counter()
         fast = self.runtime.fast
         x = self.runtime.to_device(x)
@@ -364,7 +361,7 @@ class PatchTrainer:
                 totals[name] = totals.get(name, 0.0) + value / (len(groups) * replays)
         self.step += 1
         if fast:
-            return _Pending(position, lr, start, totals, torch.stack(norms).max(), torch.stack(flags))
+            return Pending(position, lr, start, totals, torch.stack(norms).max(), torch.stack(flags))
         record = {"step": self.step, "epoch": self.epoch, **totals, "grad_norm": max(norms), "lr": lr,
                   "seconds": time.perf_counter() - start}
         self.history.append(record)
@@ -396,7 +393,7 @@ class PatchTrainer:
             p.grad = grad
         return dict(zip(names, unpacked[len(self.parameters) :]))
 
-    def _read_back(self, pending: list[_Pending]) -> list[dict[str, float]]:
+    def _read_back(self, pending: list[Pending]) -> list[dict[str, float]]:
         """Copy fast-path records to the host in one transfer, append them to the history, and stop at the first
         non-finite step (it and every later one were skipped on the device, so the patch is the last good one)."""
         if not pending:
@@ -465,6 +462,10 @@ class PatchTrainer:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "kind": self.kind,
                 "config": self.config.to_dict(), "history": self.history, "run": self.run_description}
 
+    def inner_state(self) -> dict[str, torch.Tensor] | None:
+        """Tensors a checkpoint keeps beside the patch for an exact resume (the inner attack's warm starts), or None."""
+        return self._warm.state() if self._warm is not None else None
+
     def save_checkpoint(self) -> str:
         if self.output_dir is None:
             raise ValueError("save_checkpoint needs the trainer's output_dir.")
@@ -474,8 +475,7 @@ class PatchTrainer:
             self.checkpoints = self.checkpoints[-self.config.keep_checkpoints :]
             return path
         path = ckpt.save_checkpoint(self.output_dir, self.model, self.adapter_name, self.optimizer,
-                                    self.trainer_state(), self.config.keep_checkpoints,
-                                    inner=self._warm.state() if self._warm is not None else None)
+                                    self.trainer_state(), self.config.keep_checkpoints, inner=self.inner_state())
         self.checkpoints = [p for p in self.checkpoints if os.path.isdir(p)] + [path]
         return path
 
@@ -530,7 +530,7 @@ class PatchTrainer:
         start = time.perf_counter()
         bar = tqdm(total=total, initial=min(self.step, total), disable=not (self.config.progress and self.dist.is_main),
                    desc=f"training {self.kind} patch", unit="step", dynamic_ncols=True)
-        pending: list[_Pending] = []
+        pending: list[Pending] = []
 
         def read_back() -> None:
             records = self._read_back(pending)
@@ -552,7 +552,7 @@ class PatchTrainer:
                     record = self._step(x, labels, shard)
                     self.batch_in_epoch += 1
                     bar.update(1)
-                    if isinstance(record, _Pending):
+                    if isinstance(record, Pending):
                         pending.append(record)
                         if self.step % self.config.log_every == 0 or self.step == total:
                             read_back()

@@ -424,6 +424,18 @@ class Watermark:
         self._cache[key] = result
         return result
 
+    def footprint(self, height: int, width: int, margin: int = 0, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Every pixel the mark changes in the target (``pattern != 0``: its soft edge included), grown by ``margin``
+        pixels: [1, 1, H, W] in {0, 1}. The region a removal has to repaint; its complement is "outside the mark"."""
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"margin must be an int >= 0 (pixels), got {margin!r}.")
+        pattern, _ = self.pattern(height, width, device, dtype)
+        region = (pattern.abs().amax(dim=1, keepdim=True) > 0).to(pattern.dtype)
+        if margin:
+            region = F.max_pool2d(region, 2 * margin + 1, stride=1, padding=margin)
+        return region
+
     def target(self, y_ref: torch.Tensor) -> torch.Tensor:
         """The training target ``clamp(y_ref + strength * W, -1, 1)`` for clean edits ``y_ref`` [N, 3, H, W] in
         [-1, 1]; same shape, device and dtype as ``y_ref``."""
