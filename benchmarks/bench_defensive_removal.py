@@ -48,12 +48,16 @@ EPS = 0.05
 DEFAULT_HARDENING: dict = {}  # HardeningConfig's defaults
 
 
+def _watermark(args: argparse.Namespace) -> Watermark:
+    return Watermark(vary=tuple(v for v in args.vary.split(",") if v))
+
+
 def train_patch(args: argparse.Namespace, hardening: HardeningConfig | None) -> tuple[object, dict]:
     """A defensive patch on a fresh testbed editor; (the editor, patch merged, {train_seconds, train_flops, ...})."""
     x, labels = testbed_faces(args.train_images, seed=args.seed, split="train")
     editor = load_editor("testbed")
     trainer = WatermarkTrainer(
-        editor, watermark=Watermark(), patch=LoraPatchConfig.from_preset("paper-defensive", init_weights="zero"),
+        editor, watermark=_watermark(args), patch=LoraPatchConfig.from_preset("paper-defensive", init_weights="zero"),
         attack=PGD(eps=EPS, steps=args.inner_steps, step_size=2 * EPS / args.inner_steps, seed=args.seed),
         loss=MMFALoss.pixel_only(),
         config=TrainingConfig(batch_size=args.batch, epochs=args.epochs, lr=args.lr, lr_schedule="cosine",
@@ -88,8 +92,8 @@ def audit(args: argparse.Namespace, name: str, defended, training: dict, log) ->
     attacker, _ = testbed_faces(max(b.images for b in config.budgets), seed=args.seed + 1, split="train")
     evaluation = testbed_faces(args.eval_images, seed=args.seed, split="test")
     with tempfile.TemporaryDirectory() as out:
-        results = run_defensive_audit(config, load_editor("testbed"), defended, Watermark(), attacker, evaluation,
-                                      out, echo=lambda line: log(f"[{name}] {line}"))
+        results = run_defensive_audit(config, load_editor("testbed"), defended, _watermark(args), attacker,
+                                      evaluation, out, echo=lambda line: log(f"[{name}] {line}"))
     budgets = {}
     for budget in config.budgets:
         row = worst_case(results["attacks"], budget.key, config, results["psnr_threshold_db"])
@@ -115,6 +119,7 @@ def main() -> None:
     p.add_argument("--budgets", default="8,32,128,512")
     p.add_argument("--attacks", type=lambda t: t.split(","), default=list(ATTACKS))
     p.add_argument("--eval-images", type=int, default=16)
+    p.add_argument("--vary", default="", help="the warning's per-output variation for both patches, e.g. position")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
@@ -128,6 +133,7 @@ def main() -> None:
         patches[name] = audit(args, name, defended, training, log)
     paper, hardened = patches["paper"]["break_point_flops"], patches["hardened"]["break_point_flops"]
     out = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "watermark": _watermark(args).to_dict(),
            "threat_model": THREAT_MODEL, "patches": patches,
            "break_point_ratio": (None if paper is None else (math.inf if hardened is None else hardened / paper))}
     if args.json:

@@ -282,7 +282,7 @@ class AppSession:
             numbers[key] = {"mse": mse, "psnr_db": float(metrics.psnr(tensors[key], reference)[0]),
                             "success": bool(metrics.success(torch.tensor([mse]))[0])}
             if key == "defensive" and self.watermark is not None:
-                visible = watermark_visibility(tensors[key], reference, self.watermark)["visible"]
+                visible = watermark_visibility(tensors[key], reference, self.watermark, index)["visible"]
                 numbers[key]["warning_visible"] = bool(visible[0])
             notes[key] = format_numbers(numbers[key], clean=key == "clean")
         images = {key: (to_uint8(tensors[key]) if key in tensors else None) for key in ("input", "protected",

@@ -110,7 +110,7 @@ class _Scorer:
         self.conditions = len(self.batches[0][1])
         self.references = self.outputs(base)
         height, width = images.shape[-2:]
-        self.mark = watermark.footprint(height, width, margin=margin, device=base.device)
+        self.marks = [watermark.footprint(height, width, margin, base.device, slot=t) for t in range(self.conditions)]
 
     def outputs(self, editor: Editor) -> list[torch.Tensor]:
         """Edits [N, 3, H, W] of every held-out face, one tensor per target condition."""
@@ -121,11 +121,12 @@ class _Scorer:
     def score(self, editor: Editor) -> dict[str, Any]:
         """visible rate, mean PSNR outside the mark (dB) and, with LPIPS weights, mean LPIPS outside the mark."""
         visible, psnr, distance = [], [], []
-        for output, reference in zip(self.outputs(editor), self.references):
-            visible.append(watermark_visibility(output, reference, self.watermark)["visible"].float())
-            psnr.append(_masked_psnr(output.clamp(-1, 1), reference, 1 - self.mark))
+        for slot, (output, reference) in enumerate(zip(self.outputs(editor), self.references)):
+            mark = self.marks[slot]
+            visible.append(watermark_visibility(output, reference, self.watermark, slot)["visible"].float())
+            psnr.append(_masked_psnr(output.clamp(-1, 1), reference, 1 - mark))
             if self.lpips_weights is not None:  # the mark's region taken from the reference in both images
-                kept = output.clamp(-1, 1) * (1 - self.mark) + reference * self.mark
+                kept = output.clamp(-1, 1) * (1 - mark) + reference * mark
                 distance.append(lpips(kept, reference, weights=self.lpips_weights))
         return {"visible": torch.cat(visible).mean().item(), "psnr_outside_db": torch.cat(psnr).mean().item(),
                 "lpips_outside": torch.cat(distance).mean().item() if distance else None}
@@ -208,7 +209,8 @@ class DefensiveAudit:
                   f"outside the mark {before['psnr_outside_db']:.2f} dB")
         mask = warning_mask(self.defended, self.attacker_images, self.attacker_labels)
         height, width = self.attacker_images.shape[-2:]
-        iou = mask_iou(mask, self.watermark.footprint(height, width, device=mask.device))
+        iou = sum(mask_iou(m, self.watermark.footprint(height, width, device=mask.device, slot=t))
+                  for t, m in enumerate(mask)) / mask.shape[0]
         bar = psnr_threshold(c, before["psnr_outside_db"])
         attacks, editors = {}, {}
         for name in c.attacks:

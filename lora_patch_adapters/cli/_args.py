@@ -23,6 +23,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 DEFENSES = ("pgd", "ifgsm", "fgsm", "cmua", "anti_forgery", "pgd_eot")
 SCENARIOS = ("default", "leakage", "both")
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
+VARIATIONS = ("position", "opacity")  # training.watermark.VARIATIONS; tests check they match
 PGD_EPS, PGD_STEPS, PGD_STEP_SIZE = 0.05, 10, 0.01  # the field's PGD (defenses.pgd); tests check they match
 HARDEN_STEPS, HARDEN_WEIGHT = 4, 1.0  # training.hardening.HardeningConfig's steps / weight; tests check they match
 TARGET_SETS = ("all", "paper")  # AttGAN's (generators.attgan.ATTGAN_TARGET_SETS)

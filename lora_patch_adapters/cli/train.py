@@ -22,6 +22,7 @@ from ._args import (
     PRECISIONS,
     SCHEDULES,
     SPLITS,
+    VARIATIONS,
     add_inputs,
     eps_value,
     fraction,
@@ -116,6 +117,13 @@ def _add_training(p: argparse.ArgumentParser, preset: str, feature_weight: float
                    help="held-out images for the evaluation after training (default: 16)")
 
 
+def _variations(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names or any(n not in VARIATIONS for n in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct names among {','.join(VARIATIONS)}, got {text!r}")
+    return names
+
+
 def add_train_commands(sub: Any) -> None:
     """Register ``train`` and ``train-defensive``."""
     train = sub.add_parser(
@@ -138,6 +146,9 @@ def add_train_commands(sub: Any) -> None:
     g.add_argument("--mark-size", type=fraction, metavar="F", default=0.35,
                    help="mark width / image width (default: 0.35)")
     g.add_argument("--strength", type=positive_float, metavar="X", default=2.0, help="pattern multiplier (default: 2)")
+    g.add_argument("--vary", type=_variations, default=(), metavar="position[,opacity]",
+                   help="vary the mark per output with the target condition: position (corner to corner; --position "
+                        "must be a corner) and/or opacity (default: the same mark on every edit)")
     g = defensive.add_argument_group("hardening (not the paper's recipe; see lora-patch audit-defensive)")
     g.add_argument("--harden", action="store_true",
                    help="train the warning against simulated removal attacks (first-order meta-learning: a fresh LoRA "

@@ -16,6 +16,7 @@ the edit kept) complete the picture. Outputs and references are clamped to [-1, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,18 +36,20 @@ _PSNR_EPS = 1e-10  # MSE floor on [0, 1]: PSNR capped at 100 dB, as in lora_patc
 
 
 def _masked_psnr(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """PSNR [N] (dB, images mapped to [0, 1]) over the pixels where weight [1, 1, H, W] is 1; capped at 100 dB.
+    """PSNR [N] (dB, images mapped to [0, 1]) over the pixels where weight [1 or N, 1, H, W] is 1; capped at 100 dB.
 
     Written here because torchmetrics' PSNR has no pixel mask: this is its definition restricted to the mask."""
     squared = ((a - b) / 2).square() * weight
-    count = (weight.sum() * a.shape[1]).clamp_min(1)
+    count = (weight.expand(a.shape[0], 1, *a.shape[2:]).flatten(1).sum(dim=1) * a.shape[1]).clamp_min(1)
     return -10.0 * torch.log10((squared.flatten(1).sum(dim=1) / count).clamp_min(_PSNR_EPS))
 
 
-def watermark_visibility(output: torch.Tensor, y_ref: torch.Tensor, watermark: Watermark) -> dict[str, torch.Tensor]:
+def watermark_visibility(output: torch.Tensor, y_ref: torch.Tensor, watermark: Watermark,
+                         slots: int | Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Per-sample visibility of ``watermark`` in ``output`` against the clean edits ``y_ref``; both [N, 3, H, W] in
-    [-1, 1] (clamped first). Returns a dict of [N] tensors: ``psnr_to_target``, ``correlation``, ``contrast_ratio``,
-    ``outside_psnr`` (float) and ``visible`` (bool; see the module docstring for the definition)."""
+    [-1, 1] (clamped first). ``slots``: the target condition of every row (an int: all rows), which places a mark
+    with ``vary``; None: slot 0. Returns a dict of [N] tensors: ``psnr_to_target``, ``correlation``,
+    ``contrast_ratio``, ``outside_psnr`` (float) and ``visible`` (bool; see the module docstring)."""
     output = check_images(output, "output")
     y_ref = check_images(y_ref, "y_ref")
     if output.shape != y_ref.shape:
@@ -60,8 +63,9 @@ def watermark_visibility(output: torch.Tensor, y_ref: torch.Tensor, watermark: W
     with torch.no_grad(), torch.autocast(device_type=output.device.type, enabled=False):
         out = output.detach().to(dtype).clamp(-1, 1)
         ref = y_ref.detach().to(device=out.device, dtype=dtype).clamp(-1, 1)
-        target = watermark.target(ref)
-        _, mask = watermark.pattern(out.shape[2], out.shape[3], out.device, dtype)
+        rows = [slots] * out.shape[0] if isinstance(slots, int) else slots
+        target = watermark.target(ref, rows)
+        mask = watermark.rows(out.shape[2], out.shape[3], rows, "mask", device=out.device, dtype=dtype)
         change, intended = (out - ref) * mask, (target - ref) * mask
         dot = (change * intended).flatten(1).sum(dim=1)
         norms = change.flatten(1).norm(dim=1) * intended.flatten(1).norm(dim=1)
@@ -76,9 +80,10 @@ def watermark_visibility(output: torch.Tensor, y_ref: torch.Tensor, watermark: W
         }
 
 
-def visible_rate(output: torch.Tensor, y_ref: torch.Tensor, watermark: Watermark) -> float:
+def visible_rate(output: torch.Tensor, y_ref: torch.Tensor, watermark: Watermark,
+                 slots: int | Sequence[int] | None = None) -> float:
     """Fraction of the samples in which the warning is visible (see :func:`watermark_visibility`)."""
-    return watermark_visibility(output, y_ref, watermark)["visible"].float().mean().item()
+    return watermark_visibility(output, y_ref, watermark, slots)["visible"].float().mean().item()
 
 
 def evaluate_watermark(
@@ -109,7 +114,7 @@ def evaluate_watermark(
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size].to(device)
         conditions = base.conditions(labels[start : start + batch_size].to(device))
-        for condition in conditions:
+        for slot, condition in enumerate(conditions):
             inputs = {
                 "clean": x,
                 "protected_vs_base": defense.protect(x, base, condition),
@@ -118,7 +123,7 @@ def evaluate_watermark(
             with torch.no_grad():
                 reference = base.edit(x, condition)
                 for kind, x_in in inputs.items():
-                    result = watermark_visibility(patched.edit(x_in, condition), reference, watermark)
+                    result = watermark_visibility(patched.edit(x_in, condition), reference, watermark, slot)
                     counts[kind] += int(result["visible"].sum())
                     for name, values in result.items():
                         if name != "visible":

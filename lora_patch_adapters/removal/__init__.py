@@ -13,6 +13,7 @@ from .attack import (
     edit_all,
     get_attack,
     make_optimizer,
+    row_masks,
     warning_mask,
 )
 from .mask import estimate_mask, mask_iou, mask_score, otsu_threshold
@@ -37,5 +38,6 @@ __all__ = [
     "mask_iou",
     "mask_score",
     "otsu_threshold",
+    "row_masks",
     "warning_mask",
 ]

@@ -125,16 +125,29 @@ def edit_all(editor: Editor, x: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 def warning_mask(defended: Editor, images: torch.Tensor, labels: torch.Tensor, max_images: int = MASK_IMAGES,
                  batch_size: int = 16) -> torch.Tensor:
-    """The warning's mask [1, 1, H, W] estimated from the defended editor's edits of (at most ``max_images``)
-    attacker photos under every target condition (:func:`~lora_patch_adapters.removal.mask.estimate_mask`)."""
-    outputs, inputs = [], []
+    """The warning's masks [T, 1, H, W], one per target condition, each estimated from the defended editor's edits
+    of (at most ``max_images``) attacker photos under that condition
+    (:func:`~lora_patch_adapters.removal.mask.estimate_mask`): the attacker knows which condition made which edit,
+    so a mark that moves with the condition is found where it is."""
+    per_condition: list[list[torch.Tensor]] = []
+    inputs = []
     with torch.no_grad():
         for start in range(0, min(max_images, images.shape[0]), batch_size):
             x = images[start : min(start + batch_size, max_images)].to(defended.device)
-            y, x_rep = edit_all(defended, x, labels[start : start + x.shape[0]])
-            outputs.append(y)
-            inputs.append(x_rep)
-    return estimate_mask(torch.cat(outputs), torch.cat(inputs))
+            y, _ = edit_all(defended, x, labels[start : start + x.shape[0]])
+            blocks = y.split(x.shape[0])
+            per_condition = per_condition or [[] for _ in blocks]
+            for t, block in enumerate(blocks):
+                per_condition[t].append(block)
+            inputs.append(x)
+    x_all = torch.cat(inputs)
+    return torch.cat([estimate_mask(torch.cat(outputs), x_all) for outputs in per_condition])
+
+
+def row_masks(masks: torch.Tensor, images: int) -> torch.Tensor:
+    """Per-row masks for the rows of :func:`edit_all` (condition by condition, ``images`` rows each) from one mask
+    per condition [T, 1, H, W] (a single mask [1, 1, H, W] is returned as it is: it broadcasts)."""
+    return masks if masks.shape[0] == 1 else masks.repeat_interleave(images, dim=0)
 
 
 @dataclass
@@ -151,7 +164,8 @@ class RemovalResult:
 
 class RemovalTrainer:
     """Fine-tunes a copy of ``defended`` (never modified) with ``attack`` towards inpainted targets; ``mask`` is
-    the warning region the attacker estimated (:func:`warning_mask`). ``seed`` fixes the new patch's initialisation
+    the warning region the attacker estimated (:func:`warning_mask`: one [1, H, W] per target condition, or a single
+    [1, 1, H, W] for every edit). ``seed`` fixes the new patch's initialisation
     (drawn without touching torch's global random state)."""
 
     def __init__(self, attack: RemovalAttack | str, defended: Editor, mask: torch.Tensor, seed: int = 0) -> None:
@@ -181,7 +195,7 @@ class RemovalTrainer:
         """(inputs repeated per target condition, removal targets) of a batch, from the untouched defended editor."""
         with torch.no_grad():
             defended, inputs = edit_all(self.reference, x, labels)
-            return inputs, inpaint_target(defended, inputs, self.mask, self.attack.fill)
+            return inputs, inpaint_target(defended, inputs, row_masks(self.mask, x.shape[0]), self.attack.fill)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor) -> float:
         """One optimiser step on a batch of photos [N, 3, H, W] (labels [N, A]: any source labels); the loss."""

@@ -91,6 +91,7 @@ class TrainSettings(Inputs):
     position: str = "bottom-right"
     mark_size: float = 0.35
     strength: float = 2.0
+    vary: tuple[str, ...] = ()  # the warning's per-output variation (Watermark.vary)
     harden: bool = False  # defensive patches: train against simulated removal attacks (training.hardening)
     harden_steps: int = 4
     harden_weight: float = 1.0
@@ -141,7 +142,7 @@ def run_train(settings: TrainSettings, echo: Callable[[str], None] = print) -> R
         if s.mark_image is not None and not os.path.isfile(s.mark_image):
             raise RunInputError(f"--mark-image {s.mark_image!r}: no such file")
         watermark = Watermark(text=s.text, image_path=s.mark_image, position=s.position, size=s.mark_size,
-                              strength=s.strength)
+                              strength=s.strength, vary=tuple(s.vary))
     overrides = {k: v for k, v in (("r", s.rank), ("init_weights", s.init), ("gate", s.gate)) if v is not None}
     patch_config = LoraPatchConfig.from_preset(s.preset, **overrides)
     recipe = "fast" if s.fast else ("paper-defensive" if s.kind == "watermark" else "paper")

@@ -61,7 +61,12 @@ class WatermarkTrainer(PatchTrainer):
         return MMFALoss(pixel_weight=1.0, feature_weight=0.0, semantic_weight=0.0)
 
     def make_target(self, reference: torch.Tensor) -> torch.Tensor:
-        return self.watermark.target(reference)
+        return self.watermark.target(reference, self.row_slots(reference.shape[0]))
+
+    def row_slots(self, rows: int) -> list[int] | None:
+        """The target condition of each of the ``rows`` rows being trained (places a mark with ``vary``), or None."""
+        slots = self.condition_slots
+        return slots if self.watermark.vary and slots is not None and len(slots) == rows else None
 
     def extra_loss(self, x: torch.Tensor, condition: Any, target: torch.Tensor,
                    attack_seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:

@@ -107,8 +107,8 @@ class Hardener:
         attacker's mask, averaged over every pixel (the per-pixel weight of the defensive loss's MSE; the rest of the
         edit is that loss's concern); gradient to the defensive patch only. The simulated adapter is gone when this
         returns."""
-        mask = trainer.watermark.footprint(x.shape[2], x.shape[3], margin=self.config.margin, device=x.device,
-                                           dtype=x.dtype)
+        mask = trainer.watermark.rows(x.shape[2], x.shape[3], trainer.row_slots(x.shape[0]), "footprint",
+                                      self.config.margin, x.device, x.dtype)
         layers = patch_layers(trainer.model)
         try:
             self.simulate(trainer, x, condition, mask, seed)

@@ -121,6 +121,7 @@ class PatchTrainer:
         self._slot = (0, 0)  # the (group, item) of the forward being computed: keys "free" perturbations
         self._skip: torch.Tensor | None = None  # fast path: sticky "a step was non-finite" flag on the device
         self._reference_cache: dict[tuple, torch.Tensor] = {}
+        self.condition_slots: list[int] | None = None  # the target condition of each row of the current forward
         self.output_dir = output_dir
         self.step = 0
         self.epoch = 0
@@ -322,6 +323,7 @@ class PatchTrainer:
                 noise_rows, cache_keys = self._rows(g, k, images.shape[0], x.shape[0], shard)
                 seed = derive_seed(self.config.seed, self.step, g, k)
                 self._slot = (g, k)
+                self.condition_slots = [slot for slot, _ in self._row_layout(g, k, images.shape[0], x.shape[0])]
                 self._row_images = None if shard is None else [
                     shard.indices[p] for _, p in self._row_layout(g, k, images.shape[0], x.shape[0])]
                 def scaled(value: torch.Tensor) -> torch.Tensor:  # this forward's share of the step's mean loss

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -48,6 +49,11 @@ __all__ = [
 
 #: Named positions accepted by :class:`Watermark` (an (x, y) pair of fractions is accepted too).
 POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "center")
+
+#: What ``Watermark(vary=...)`` can vary per output, and the values it cycles through with the target condition.
+VARIATIONS = ("position", "opacity")
+VARIED_POSITIONS = ("bottom-right", "top-left", "top-right", "bottom-left")
+VARIED_OPACITIES = (1.0, 0.6)
 
 DEFAULT_COLOUR = (220, 20, 20)
 
@@ -283,7 +289,11 @@ class Watermark:
     the mark's top-left corner (clamped so the mark stays inside the image); ``size`` -- the mark's width as a fraction
     of the image width (aspect kept; shrunk if it would be taller than the image); ``margin`` -- the gap to the image
     border for named positions, as a fraction of the width (x) and height (y); ``strength`` -- the multiplier of the
-    pattern in the target.
+    pattern in the target; ``vary`` -- per-output variation, so that no single region holds the mark on every edit:
+    ``"position"`` moves the mark to another corner (:data:`VARIED_POSITIONS`, from ``position`` on) and
+    ``"opacity"`` scales it (:data:`VARIED_OPACITIES`) with the index of the edit's target condition (the *slot*:
+    the generator sees the condition, so it can learn where to stamp). Methods take ``slot`` / ``slots`` for that;
+    without ``vary`` every slot is placed alike.
     """
 
     image: torch.Tensor | None = field(default=None, repr=False)
@@ -294,6 +304,7 @@ class Watermark:
     strength: float = 2.0
     image_path: str | None = None
     colour: tuple[int, int, int] = DEFAULT_COLOUR
+    vary: tuple[str, ...] = ()
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -324,6 +335,13 @@ class Watermark:
             raise ValueError(f"strength must be a finite number > 0, got {self.strength!r}.")
         self.size, self.margin, self.strength = float(self.size), float(self.margin), float(self.strength)
         self.colour = _check_colour(self.colour)
+        if isinstance(self.vary, str) or not all(v in VARIATIONS for v in self.vary) or len(set(self.vary)) < len(
+                tuple(self.vary)):
+            raise ValueError(f"vary must be a list of distinct values among {list(VARIATIONS)}, got {self.vary!r}.")
+        self.vary = tuple(v for v in VARIATIONS if v in self.vary)
+        if "position" in self.vary and self.position not in VARIED_POSITIONS:
+            raise ValueError(f"vary=['position'] cycles the corners {list(VARIED_POSITIONS)}: start from one of them, "
+                             f"not position={self.position!r}.")
         if self.image_path is not None:
             self.image_path = os.fspath(self.image_path)
         if self.image is not None:
@@ -338,7 +356,7 @@ class Watermark:
             return False
         if self.image is not None and not torch.equal(self.image, other.image):
             return False
-        keys = ("text", "position", "size", "margin", "strength", "image_path", "colour")
+        keys = ("text", "position", "size", "margin", "strength", "image_path", "colour", "vary")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
     # -- placement ------------------------------------------------------------------------------------------------
@@ -366,14 +384,28 @@ class Watermark:
         premultiplied = premultiplied[0].clamp(0, 1)
         return premultiplied[:3].minimum(premultiplied[3:]), premultiplied[3:]
 
-    def _origin(self, height: int, width: int, mark_h: int, mark_w: int) -> tuple[int, int]:
-        """Top-left corner (y, x) of the mark, kept inside the image."""
+    def placement(self, slot: int = 0) -> tuple[str | tuple[float, float], float]:
+        """(position, opacity) of the mark on an edit under target condition ``slot`` (see ``vary``)."""
+        if isinstance(slot, bool) or not isinstance(slot, int) or slot < 0:
+            raise ValueError(f"slot must be an int >= 0 (a target condition's index), got {slot!r}.")
+        position, opacity = self.position, 1.0
+        if "position" in self.vary:
+            start = VARIED_POSITIONS.index(self.position)
+            position = VARIED_POSITIONS[(start + slot) % len(VARIED_POSITIONS)]
+        if "opacity" in self.vary:
+            period = len(VARIED_POSITIONS) if "position" in self.vary else 1
+            opacity = VARIED_OPACITIES[(slot // period) % len(VARIED_OPACITIES)]
+        return position, opacity
+
+    def _origin(self, height: int, width: int, mark_h: int, mark_w: int,
+                position: str | tuple[float, float]) -> tuple[int, int]:
+        """Top-left corner (y, x) of the mark at ``position``, kept inside the image."""
         mx, my = round(self.margin * width), round(self.margin * height)
-        if isinstance(self.position, tuple):
-            x, y = round(self.position[0] * width), round(self.position[1] * height)
+        if isinstance(position, tuple):
+            x, y = round(position[0] * width), round(position[1] * height)
         else:
-            vertical, _, horizontal = self.position.partition("-")
-            if self.position == "center":
+            vertical, _, horizontal = position.partition("-")
+            if position == "center":
                 x, y = (width - mark_w) // 2, (height - mark_h) // 2
             else:
                 y = my if vertical == "top" else height - my - mark_h
@@ -386,23 +418,27 @@ class Watermark:
         width: int,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        slot: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The placed pattern ``W`` [1, 3, H, W] in [-1, 1] (``alpha * (2 * rgb - 1)`` in the mark, exactly 0
-        elsewhere) and its ``mask`` [1, 1, H, W] in {0, 1} (mark alpha > 0.5). Cached per (H, W, device, dtype) and
-        settings; treat the returned tensors as read-only. ``dtype`` defaults to float32, ``device`` to the CPU."""
+        """The placed pattern ``W`` [1, 3, H, W] in [-1, 1] (``opacity * alpha * (2 * rgb - 1)`` in the mark, exactly
+        0 elsewhere) and its ``mask`` [1, 1, H, W] in {0, 1} (mark alpha > 0.5), for an edit under target condition
+        ``slot`` (:meth:`placement`). Cached per (H, W, device, dtype, placement) and settings; treat the returned
+        tensors as read-only. ``dtype`` defaults to float32, ``device`` to the CPU."""
         for name, value in (("height", height), ("width", width)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         device = torch.device(device) if device is not None else torch.device("cpu")
         dtype = dtype if dtype is not None else torch.float32
         image_key = None if self.image is None else (id(self.image), self.image._version)
+        position, opacity = self.placement(slot)
         key = (
             height,
             width,
             str(device),
             dtype,
             self.text,
-            self.position,
+            position,
+            opacity,
             self.size,
             self.margin,
             self.colour,
@@ -413,10 +449,10 @@ class Watermark:
             return cached
         rgb_p, alpha = self._mark(height, width)
         mark_h, mark_w = alpha.shape[1:]
-        y0, x0 = self._origin(height, width, mark_h, mark_w)
+        y0, x0 = self._origin(height, width, mark_h, mark_w, position)
         pattern = torch.zeros(1, 3, height, width)
         mask = torch.zeros(1, 1, height, width)
-        pattern[0, :, y0 : y0 + mark_h, x0 : x0 + mark_w] = (2 * rgb_p - alpha).clamp(-1, 1)
+        pattern[0, :, y0 : y0 + mark_h, x0 : x0 + mark_w] = (2 * rgb_p - alpha).clamp(-1, 1) * opacity
         mask[0, :, y0 : y0 + mark_h, x0 : x0 + mark_w] = (alpha > 0.5).float()
         result = (pattern.to(device=device, dtype=dtype), mask.to(device=device, dtype=dtype))
         if len(self._cache) >= _CACHE_SIZE:
@@ -425,22 +461,40 @@ class Watermark:
         return result
 
     def footprint(self, height: int, width: int, margin: int = 0, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Every pixel the mark changes in the target (``pattern != 0``: its soft edge included), grown by ``margin``
-        pixels: [1, 1, H, W] in {0, 1}. The region a removal has to repaint; its complement is "outside the mark"."""
+                  dtype: torch.dtype | None = None, slot: int = 0) -> torch.Tensor:
+        """Every pixel the mark changes in the target (``pattern != 0``: its soft edge included) under target
+        condition ``slot``, grown by ``margin`` pixels: [1, 1, H, W] in {0, 1}. The region a removal has to repaint;
+        its complement is "outside the mark"."""
         if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
             raise ValueError(f"margin must be an int >= 0 (pixels), got {margin!r}.")
-        pattern, _ = self.pattern(height, width, device, dtype)
+        pattern, _ = self.pattern(height, width, device, dtype, slot)
         region = (pattern.abs().amax(dim=1, keepdim=True) > 0).to(pattern.dtype)
         if margin:
             region = F.max_pool2d(region, 2 * margin + 1, stride=1, padding=margin)
         return region
 
-    def target(self, y_ref: torch.Tensor) -> torch.Tensor:
+    def rows(self, height: int, width: int, slots: Sequence[int] | None, what: str = "pattern", margin: int = 0,
+             device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One ``what`` ("pattern": [N, 3, H, W]; "mask" or "footprint": [N, 1, H, W]) per row of a batch whose row i
+        is an edit under target condition ``slots[i]``; ``slots`` None (or a mark without ``vary``): the slot-0 tensor
+        [1, ...], which broadcasts over any batch."""
+        def one(slot: int) -> torch.Tensor:
+            if what == "footprint":
+                return self.footprint(height, width, margin, device, dtype, slot)
+            return self.pattern(height, width, device, dtype, slot)[0 if what == "pattern" else 1]
+
+        if slots is None or not self.vary:
+            return one(0)
+        return torch.cat([one(int(slot)) for slot in slots])
+
+    def target(self, y_ref: torch.Tensor, slots: Sequence[int] | None = None) -> torch.Tensor:
         """The training target ``clamp(y_ref + strength * W, -1, 1)`` for clean edits ``y_ref`` [N, 3, H, W] in
-        [-1, 1]; same shape, device and dtype as ``y_ref``."""
+        [-1, 1], row i an edit under target condition ``slots[i]`` (None: slot 0 for every row); same shape, device
+        and dtype as ``y_ref``."""
         y_ref = check_images(y_ref, "y_ref")
-        pattern, _ = self.pattern(y_ref.shape[2], y_ref.shape[3], y_ref.device, y_ref.dtype)
+        if slots is not None and len(slots) != y_ref.shape[0]:
+            raise ValueError(f"slots names {len(slots)} target conditions for {y_ref.shape[0]} images: one per row.")
+        pattern = self.rows(y_ref.shape[2], y_ref.shape[3], slots, device=y_ref.device, dtype=y_ref.dtype)
         return (y_ref + self.strength * pattern).clamp(-1, 1)
 
     # -- serialisation --------------------------------------------------------------------------------------------
@@ -461,6 +515,7 @@ class Watermark:
             "strength": self.strength,
             "image_path": self.image_path,
             "colour": list(self.colour),
+            **({"vary": list(self.vary)} if self.vary else {}),
         }
 
     @classmethod
@@ -477,6 +532,8 @@ class Watermark:
             kwargs["position"] = tuple(kwargs["position"])
         if isinstance(kwargs.get("colour"), list):
             kwargs["colour"] = tuple(kwargs["colour"])
+        if isinstance(kwargs.get("vary"), list):
+            kwargs["vary"] = tuple(kwargs["vary"])
         return cls(**kwargs)
 
 

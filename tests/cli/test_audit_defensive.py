@@ -128,3 +128,20 @@ def test_harden_is_a_flag_of_train_defensive_only(tmp_path, capsys):
     with pytest.raises(RunInputError, match="--harden applies to defensive patches"):
         run_train(TrainSettings(kind="bypass", harden=True, out=str(tmp_path / "lib"), images=4, max_steps=1))
     assert not (tmp_path / "lib").exists()
+
+
+def test_vary_flag_matches_the_library_and_refuses_bad_values(tmp_path, capsys):
+    from lora_patch_adapters.cli import _args
+    from lora_patch_adapters.training.watermark import VARIATIONS
+
+    assert _args.VARIATIONS == VARIATIONS
+    args = cli.build_parser().parse_args(["train-defensive", "--vary", "position,opacity", "--out", "x"])
+    assert args.vary == ("position", "opacity")
+    with pytest.raises(SystemExit):
+        cli.main(["train-defensive", *TRAIN_TOY, "--vary", "size", "--out", str(tmp_path / "a")])
+    assert "expected distinct names among position,opacity" in capsys.readouterr().err
+    assert cli.main(["train-defensive", *TRAIN_TOY, "--vary", "position", "--position", "center", "--out",
+                     str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "start from one of them" in err[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

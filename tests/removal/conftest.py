@@ -37,13 +37,32 @@ class StampNet(nn.Module):
         return torch.tanh(self.mix(planes) + 0.5 * c.view(-1, 1, 1, 1))
 
 
-def stamp_editor(stamp: float = 3.0):
-    """An editor around :class:`StampNet`; source labels [N, 2] give two target conditions (offsets -0.5, +0.5)."""
+VARIED = Watermark(size=0.5, position="bottom-right", text="", vary=("position",))
 
-    def conditions(labels: torch.Tensor) -> list:
-        return [torch.full((labels.shape[0],), -0.5), torch.full((labels.shape[0],), 0.5)]
 
-    return wrap(StampNet(stamp), conditions_fn=conditions, attribute_names=("a", "b"), name="stamp")
+class MovingStampNet(StampNet):
+    """:class:`StampNet` whose warning plane follows the target condition (slot 0 for offset -0.5, slot 1 for
+    +0.5), as a defended generator trained with ``Watermark(vary=("position",))``."""
+
+    def __init__(self, stamp: float) -> None:
+        super().__init__(stamp)
+        planes = torch.cat([VARIED.pattern(SIZE, SIZE, slot=t)[0] for t in (0, 1)])
+        self.register_buffer("planes", planes)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        plane = self.planes[(c > 0).long()]
+        return torch.tanh(self.mix(torch.cat([x, plane], dim=1)) + 0.5 * c.view(-1, 1, 1, 1))
+
+
+def _conditions(labels: torch.Tensor) -> list:
+    return [torch.full((labels.shape[0],), -0.5), torch.full((labels.shape[0],), 0.5)]
+
+
+def stamp_editor(stamp: float = 3.0, moving: bool = False):
+    """An editor around :class:`StampNet` (``moving``: :class:`MovingStampNet`); source labels [N, 2] give two
+    target conditions (offsets -0.5, +0.5)."""
+    net = MovingStampNet(stamp) if moving else StampNet(stamp)
+    return wrap(net, conditions_fn=_conditions, attribute_names=("a", "b"), name="stamp")
 
 
 def faces(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
