@@ -207,15 +207,17 @@ class DefensiveAudit:
         before = self.scorer.score(self.defended)
         self.echo(f"defended generator: warning visible on {100 * before['visible']:.1f}% of held-out edits, PSNR "
                   f"outside the mark {before['psnr_outside_db']:.2f} dB")
-        mask = warning_mask(self.defended, self.attacker_images, self.attacker_labels)
+        masks = {shared: warning_mask(self.defended, self.attacker_images, self.attacker_labels, shared=shared)
+                 for shared in sorted({get_attack(name).mask == "shared" for name in c.attacks})}
         height, width = self.attacker_images.shape[-2:]
+        mask = masks.get(False, masks.get(True))
         iou = sum(mask_iou(m, self.watermark.footprint(height, width, device=mask.device, slot=t))
                   for t, m in enumerate(mask)) / mask.shape[0]
         bar = psnr_threshold(c, before["psnr_outside_db"])
         attacks, editors = {}, {}
         for name in c.attacks:
             self.echo(f"attack {name}: {get_attack(name).describe()}")
-            attacks[name], editors[name] = self.attack(name, mask, bar)
+            attacks[name], editors[name] = self.attack(name, masks[get_attack(name).mask == "shared"], bar)
         broken = [dict(a["break_point"], attack=n) for n, a in attacks.items() if a["break_point"] is not None]
         worst = min(broken, key=lambda b: b["attacker_flops"]) if broken else None
         grid = self._grid(editors)

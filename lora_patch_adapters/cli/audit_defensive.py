@@ -21,7 +21,7 @@ from ._args import CLIError, add_inputs, non_negative_int, positive_int, setting
 from .audit import _budgets
 
 DEFAULT_BUDGETS = "8,32,128,512"  # kept literal (no torch import); tests check it matches audit.defensive
-ATTACKS = ("inpaint", "inpaint_fill", "full", "unseen")  # kept literal; tests check it matches removal.ATTACKS
+ATTACKS = ("inpaint", "inpaint_fill", "full", "unseen", "inpaint_shared", "unseen_shared")  # kept literal; tests check it matches removal.ATTACKS
 
 
 def _attacks(text: str) -> list[str]:

@@ -4,6 +4,7 @@ fine-tune the defended generator (a new LoRA patch, or every weight) so that the
 from .attack import (
     ATTACKS,
     DEFAULT_ATTACKS,
+    MASKS,
     METHODS,
     OPTIMIZERS,
     RemovalAttack,
@@ -23,6 +24,7 @@ __all__ = [
     "ATTACKS",
     "DEFAULT_ATTACKS",
     "FILLS",
+    "MASKS",
     "METHODS",
     "OPTIMIZERS",
     "RemovalAttack",

@@ -33,6 +33,7 @@ from .targets import FILLS, inpaint_target
 
 METHODS = ("lora", "full")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+MASKS = ("per_condition", "shared")
 MASK_IMAGES = 64  # attacker photos whose defended edits the mask is estimated from
 
 
@@ -47,6 +48,7 @@ class RemovalAttack:
     optimizer: str = "adam"
     fill: str = "input"
     batch_size: int = 4
+    mask: str = "per_condition"  # one estimated mask per target condition, or one "shared" by every edit
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -55,6 +57,8 @@ class RemovalAttack:
             raise ValueError(f"RemovalAttack.method must be one of {list(METHODS)}, got {self.method!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"RemovalAttack.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.mask not in MASKS:
+            raise ValueError(f"RemovalAttack.mask must be one of {list(MASKS)}, got {self.mask!r}.")
         if self.fill not in FILLS:
             raise ValueError(f"RemovalAttack.fill must be one of {list(FILLS)}, got {self.fill!r}.")
         check_int(self.rank, "RemovalAttack.rank")
@@ -65,7 +69,8 @@ class RemovalAttack:
         """The settings in words, e.g. ``"LoRA rank 8, Adam lr 0.001, input fill"``."""
         how = f"LoRA rank {self.rank}" if self.method == "lora" else "full fine-tuning"
         optimiser = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD (momentum 0.9)"}[self.optimizer]
-        return f"{how}, {optimiser} lr {self.lr:g}, {self.fill} fill, batch {self.batch_size}"
+        mask = "one mask per target condition" if self.mask == "per_condition" else "one shared mask"
+        return f"{how}, {optimiser} lr {self.lr:g}, {self.fill} fill, {mask}, batch {self.batch_size}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +83,9 @@ ATTACKS: dict[str, RemovalAttack] = {
     "full": RemovalAttack("full", method="full", lr=1e-4),
     # a rank and an optimiser the hardening's defaults never sample
     "unseen": RemovalAttack("unseen", rank=4, lr=1e-2, optimizer="adamw"),
+    # the same two attackers with one mask estimated over every edit (more edits per estimate; misses a moving mark)
+    "inpaint_shared": RemovalAttack("inpaint_shared", mask="shared"),
+    "unseen_shared": RemovalAttack("unseen_shared", rank=4, lr=1e-2, optimizer="adamw", mask="shared"),
 }
 """The named removal attacks (``lora-patch audit-defensive --attacks``)."""
 DEFAULT_ATTACKS = tuple(ATTACKS)
@@ -124,11 +132,12 @@ def edit_all(editor: Editor, x: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 
 def warning_mask(defended: Editor, images: torch.Tensor, labels: torch.Tensor, max_images: int = MASK_IMAGES,
-                 batch_size: int = 16) -> torch.Tensor:
+                 batch_size: int = 16, shared: bool = False) -> torch.Tensor:
     """The warning's masks [T, 1, H, W], one per target condition, each estimated from the defended editor's edits
     of (at most ``max_images``) attacker photos under that condition
     (:func:`~lora_patch_adapters.removal.mask.estimate_mask`): the attacker knows which condition made which edit,
-    so a mark that moves with the condition is found where it is."""
+    so a mark that moves with the condition is found where it is. ``shared``: one mask [1, 1, H, W] from every
+    edit instead."""
     per_condition: list[list[torch.Tensor]] = []
     inputs = []
     with torch.no_grad():
@@ -141,6 +150,9 @@ def warning_mask(defended: Editor, images: torch.Tensor, labels: torch.Tensor, m
                 per_condition[t].append(block)
             inputs.append(x)
     x_all = torch.cat(inputs)
+    if shared:
+        outputs = torch.cat([torch.cat(o) for o in per_condition])
+        return estimate_mask(outputs, x_all.repeat(len(per_condition), 1, 1, 1))
     return torch.cat([estimate_mask(torch.cat(outputs), x_all) for outputs in per_condition])
 
 

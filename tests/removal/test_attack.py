@@ -94,6 +94,7 @@ def test_the_global_random_stream_is_left_alone(defended):
     ("rank", 0, "rank must be a positive integer"),
     ("lr", 2.0, "lr must be"),
     ("name", " ", "name must be a non-empty string"),
+    ("mask", "global", "mask must be one of"),
 ])
 def test_bad_settings_are_one_line_errors(field, value, message):
     with pytest.raises(ValueError, match=message) as info:
@@ -102,7 +103,7 @@ def test_bad_settings_are_one_line_errors(field, value, message):
 
 
 def test_unknown_attack_names_the_known_ones():
-    with pytest.raises(ValueError, match="inpaint, inpaint_fill, full, unseen"):
+    with pytest.raises(ValueError, match="inpaint, inpaint_fill, full, unseen, inpaint_shared, unseen_shared"):
         get_attack("erase")
 
 

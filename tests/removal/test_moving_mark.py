@@ -32,3 +32,13 @@ def test_the_audit_scores_each_edit_against_its_own_mark(tmp_path):
     assert results["visible_before"] == 1.0
     assert results["mask_iou"] >= 0.6
     assert attacker_labels(4, 2).shape == (4, 2)
+
+
+def test_a_shared_mask_is_one_mask_for_every_edit():
+    defended = stamp_editor(3.0)
+    x, labels = faces(32, seed=2)
+    shared = warning_mask(defended, x, labels, shared=True)
+    assert shared.shape == (1, 1, SIZE, SIZE)
+    with torch.no_grad():
+        outputs, inputs = edit_all(defended, x, labels)
+    assert torch.equal(shared, estimate_mask(outputs, inputs))
