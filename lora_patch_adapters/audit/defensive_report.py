@@ -38,7 +38,7 @@ def build_defensive_blocks(results: dict[str, Any]) -> list[Block]:
             f"{results['mask_iou']:.2f}.")),
         Block("paragraph", (
             f"Break point (warning visible on < {_pct(c['break_visibility'])} of edits while PSNR outside the mark "
-            f">= {results['psnr_threshold_db']:.2f} dB: {c['break_psnr_db']:g} dB, or "
+            f">= {results['psnr_threshold_db']:.2f} dB, the lower of {c['break_psnr_db']:g} dB and "
             f"{c['quality_slack_db']} dB below the defended generator's own), worst case over the attacks: "
             f"*{_break_words(results['break_point'])}*.")),
         Block("image", path=CURVES),
