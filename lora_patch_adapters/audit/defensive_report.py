@@ -24,6 +24,13 @@ def _break_words(point: dict[str, Any] | None) -> str:
             f"{point['attacker_steps']} steps)")
 
 
+def _bar_words(config: dict[str, Any]) -> str:
+    if config.get("quality_slack_db") is None:
+        return ""
+    return (f", the lower of {config['break_psnr_db']:g} dB and {config['quality_slack_db']:g} dB below the defended "
+            "generator's own")
+
+
 def build_defensive_blocks(results: dict[str, Any]) -> list[Block]:
     """The report's content, in order."""
     c = results["config"]
@@ -38,8 +45,7 @@ def build_defensive_blocks(results: dict[str, Any]) -> list[Block]:
             f"{results['mask_iou']:.2f}.")),
         Block("paragraph", (
             f"Break point (warning visible on < {_pct(c['break_visibility'])} of edits while PSNR outside the mark "
-            f">= {results['psnr_threshold_db']:.2f} dB, the lower of {c['break_psnr_db']:g} dB and "
-            f"{c['quality_slack_db']} dB below the defended generator's own), worst case over the attacks: "
+            f">= {results['psnr_threshold_db']:.2f} dB{_bar_words(c)}), worst case over the attacks: "
             f"*{_break_words(results['break_point'])}*.")),
         Block("image", path=CURVES),
     ]
