@@ -45,7 +45,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from ..generators.stargan import STARGAN_ATTRIBUTES  # the default label columns
+from ..attributes import STARGAN_ATTRIBUTES  # the default label columns
 from .images import read_image, to_rgb
 
 __all__ = [

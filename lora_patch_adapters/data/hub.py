@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .._checks import one_line
-from ..generators.stargan import STARGAN_ATTRIBUTES
+from ..attributes import STARGAN_ATTRIBUTES
 from .celeba import SizeArg, make_transform
 from .images import MAX_IMAGE_PIXELS, ImageReadError, read_image, to_rgb
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..generators.testbed import TESTBED_ATTRIBUTES
+from ..attributes import TESTBED_ATTRIBUTES
 
 HAIR_COLOURS = torch.tensor([[0.09, 0.07, 0.07], [0.88, 0.76, 0.46], [0.45, 0.27, 0.13]])  # black, blond, brown
 _SPLIT_STREAMS = {"train": 0x7E57_0001, "test": 0x7E57_0002}

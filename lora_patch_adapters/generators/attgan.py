@@ -34,28 +34,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attributes import ATTGAN_ATTRIBUTES  # noqa: F401  (re-exported: the old import path)
 from .base import Editor, check_labels
 from .checkpoints import CheckpointError, load_into, pick_state_dict, read_checkpoint, register_layout
 
 MAX_CHANNELS = 1024
 """Channel cap of every encoder/decoder block in the official network."""
-
-ATTGAN_ATTRIBUTES: tuple[str, ...] = (
-    "Bald",
-    "Bangs",
-    "Black_Hair",
-    "Blond_Hair",
-    "Brown_Hair",
-    "Bushy_Eyebrows",
-    "Eyeglasses",
-    "Male",
-    "Mouth_Slightly_Open",
-    "Mustache",
-    "No_Beard",
-    "Pale_Skin",
-    "Young",
-)
-"""The 13 CelebA attributes of the released AttGAN models, in the order of the condition vector."""
 
 ATTGAN_PAPER_TARGETS: tuple[str, ...] = ("Bangs", "Black_Hair", "Blond_Hair", "Brown_Hair", "Male")
 """The attributes the LoRA-Patching paper edits with AttGAN, in the order of its edits (``targets="paper"``)."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..attributes import HAIR_COLOURS, STARGAN_ATTRIBUTES  # noqa: F401  (re-exported: the old import path)
 from .base import Editor, check_labels
 from .checkpoints import PathLike, load_into, pick_state_dict, read_checkpoint, register_layout
 
@@ -73,8 +74,6 @@ class StarGANGenerator(nn.Module):
         return self.main(torch.cat([x, c_map], dim=1))
 
 
-STARGAN_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Male", "Young")
-HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 
 
 def stargan_conditions(labels: torch.Tensor, attribute_names: Sequence[str] = STARGAN_ATTRIBUTES) -> list[torch.Tensor]:

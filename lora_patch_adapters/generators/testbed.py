@@ -13,11 +13,10 @@ import os
 
 import torch
 
+from ..attributes import TESTBED_ATTRIBUTES  # noqa: F401  (re-exported: the old import path)
 from .checkpoints import CheckpointError, PathLike, load_into
 from .stargan import StarGANEditor, StarGANGenerator
 
-TESTBED_ATTRIBUTES = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Eyeglasses", "Smiling")
-"""The testbed's attributes: a 3-way hair colour plus eyeglasses and smile (the procedural faces render them)."""
 TESTBED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
                                "testbed_editor.safetensors")
 
