@@ -19,7 +19,7 @@ FLOORS = {
     "_checks": 0, "_io": 0, "version": 0, "attributes": 0,
     "tuner": 1,
     "generators": 2, "data": 2,
-    "defenses": 3, "losses": 3, "removal": 3,
+    "defenses": 3, "losses": 3, "removal": 3, "marks": 3,
     "training": 4,
     "evaluation": 5,
     "patches": 6,
@@ -152,6 +152,25 @@ def test_the_app_sits_above_runs_and_below_the_cli():
     assert any(t.startswith(f"{ROOT}.runs") for t in imported)  # it reuses the runs' patch checks
     assert not [t for t in imported if t.split(".")[1] in ("cli", "audit", "forensics")]
     assert f"{ROOT}.app" in graph[f"{ROOT}.cli.app"]
+
+
+def reached(package: str) -> set[str]:
+    """Every package module that importing any module of ``lora_patch_adapters.<package>`` runs, transitively."""
+    graph = import_graph()
+    todo = [m for m in graph if m.split(".")[:2] == [ROOT, package]]
+    seen = set(todo)
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+@pytest.mark.parametrize("package, forbidden", [("evaluation", "training"), ("data", "generators")])
+def test_the_layering_knots_stay_untied(package, forbidden):
+    """evaluation/ reads the warning mark from marks/, not training/; data/ and generators/ share attributes.py."""
+    assert not sorted(m for m in reached(package) if m.split(".")[:2] == [ROOT, forbidden])
 
 
 def test_find_cycle_finds_a_cycle():

@@ -38,12 +38,12 @@ from ..evaluation.lpips import lpips_available
 from ..evaluation.metrics import lpips
 from ..evaluation.watermark import _masked_psnr, watermark_visibility
 from ..generators.base import Editor
+from ..marks.watermark import Watermark
 from ..patches import load_patch
 from ..patches.format import read_patch_info
 from ..removal import DEFAULT_ATTACKS, RemovalTrainer, attacker_labels, get_attack, mask_iou, warning_mask
 from ..runs.reporting import save_grid
 from ..training.flops import count_flops
-from ..training.watermark import Watermark
 from ..version import __version__
 from .budgets import Budget, parse_budgets
 from .runner import device_description

@@ -26,7 +26,7 @@ from .._checks import check_images, check_positive_int
 from ..defenses.base import Defense
 from ..defenses.pgd import PGD
 from ..generators.base import Editor
-from ..training.watermark import Watermark
+from ..marks.watermark import Watermark
 
 VISIBLE_MIN_CORRELATION = 0.8
 """Smallest cosine similarity between the change made and the change asked for inside the mark."""

@@ -1,6 +1,7 @@
 """Training patches: the min-max loop (:class:`PatchTrainer`), :class:`BypassTrainer`, :class:`WatermarkTrainer`
 with its visible-warning target (:class:`Watermark`), checkpoints and seeding."""
 
+from ..marks.watermark import Watermark
 from .bypass import BypassTrainer
 from .checkpoint import (
     CheckpointError,
@@ -15,7 +16,6 @@ from .config import SCHEDULES, TrainingConfig
 from .defensive import WatermarkTrainer
 from .seeding import derive_seed, seed_everything
 from .trainer import NonFiniteLossError, PatchTrainer, TrainingResult, as_dataset, epoch_batches
-from .watermark import Watermark
 
 __all__ = [
     "SCHEDULES",

@@ -17,12 +17,12 @@ import torch
 from ..defenses.base import Defense
 from ..generators.base import Editor
 from ..losses import MMFALoss
+from ..marks.watermark import Watermark
 from ..tuner.config import LoraPatchConfig
 from .config import TrainingConfig
 from .seeding import derive_seed
 from .simulated_removal import Hardener
 from .trainer import PatchTrainer
-from .watermark import Watermark
 
 
 class WatermarkTrainer(PatchTrainer):
