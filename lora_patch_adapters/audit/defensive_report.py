@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any
 
-from .._io import fsync_path
+from ..runs.reporting import _write_atomically
 from .plots import plot_visibility_curves
 from .report import Block, _flops, _pct, render_html, render_markdown
 
@@ -69,23 +69,15 @@ def build_defensive_blocks(results: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    fsync_path(tmp)
-    os.replace(tmp, path)
-
-
 def write_defensive_report(results: dict[str, Any], out_dir: str) -> dict[str, str]:
     """Write summary.json, the curves, report.md and report.html into ``out_dir``; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {name: os.path.join(out_dir, file) for name, file in
              (("summary", SUMMARY), ("curves", CURVES), ("markdown", MARKDOWN), ("html", HTML))}
-    _write(paths["summary"], json.dumps(results, indent=2) + "\n")
+    _write_atomically(paths["summary"], json.dumps(results, indent=2) + "\n")
     plot_visibility_curves(results, paths["curves"])
     blocks = build_defensive_blocks(results)
-    _write(paths["markdown"], render_markdown(blocks))
-    _write(paths["html"], render_html(blocks, out_dir))
+    _write_atomically(paths["markdown"], render_markdown(blocks))
+    _write_atomically(paths["html"], render_html(blocks, out_dir))
     paths["grid"] = os.path.join(out_dir, results["grid"])
     return paths

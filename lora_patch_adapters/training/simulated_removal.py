@@ -75,17 +75,16 @@ class Hardener:
         self.episode = {"seed": seed, "age": 0, "weights": None} if self.config.persist else None
         return seed, None
 
-    def simulate(self, trainer: Any, x: torch.Tensor, condition: Any, mask: torch.Tensor,
-                 seed: int) -> tuple[list[GatedLoraLayer], list[torch.nn.Parameter]]:
-        """Attach the attacker's adapter and take ``config.steps`` removal steps on it (the defensive patch frozen);
-        returns the layers and the attacker's parameters, now frozen, still attached."""
+    def simulate(self, trainer: Any, layers: list[GatedLoraLayer], x: torch.Tensor, condition: Any,
+                 mask: torch.Tensor, seed: int) -> list[torch.nn.Parameter]:
+        """Attach the attacker's adapter to ``layers`` and take ``config.steps`` removal steps on it (the defensive
+        patch frozen); returns the attacker's parameters, now frozen, still attached."""
         editor = trainer.editor
         with torch.no_grad():  # the defended edit, before the attacker's adapter is attached
             defended = editor.edit(x, condition)
         origin, values = self._attacker(seed)
         setting = self.config.sample(origin)
         target = inpaint_target(defended, x, mask, setting.fill)
-        layers = patch_layers(trainer.model)
         phi = attach_simulated(layers, trainer.adapter_name, setting.rank, torch.Generator().manual_seed(origin),
                                values)
         optimizer = make_optimizer(setting.optimizer, phi, setting.lr)
@@ -99,7 +98,7 @@ class Hardener:
             p.requires_grad_(False)
         if self.episode is not None:
             self.episode.update(age=self.episode["age"] + 1, weights=[p.detach().clone() for p in phi])
-        return layers, phi
+        return phi
 
     def after_attack_loss(self, trainer: Any, x: torch.Tensor, condition: Any, target: torch.Tensor,
                           seed: int) -> torch.Tensor:
@@ -111,7 +110,7 @@ class Hardener:
                                       self.config.margin, x.device, x.dtype)
         layers = patch_layers(trainer.model)
         try:
-            self.simulate(trainer, x, condition, mask, seed)
+            self.simulate(trainer, layers, x, condition, mask, seed)
             squared = (trainer.editor.edit(x, condition) - target).square() * mask
             return squared.sum() / squared.numel()
         finally:
